@@ -1,0 +1,421 @@
+"""The ``sealvec`` command line.
+
+Results go to standard output (``--json`` for scripts); progress and errors go to
+standard error. Every error is one line and a non-zero exit code:
+
+    1  other sealvec error      4  key missing or refused
+    2  bad usage or input       5  store locked by another writer
+    3  integrity failure        130 interrupted
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sealvec.errors import (
+    IntegrityError,
+    KeyAccessError,
+    KeyNotFoundError,
+    SealvecError,
+    StoreLockedError,
+    ValidationError,
+)
+
+EXIT_CODES = (
+    (ValidationError, 2),
+    (IntegrityError, 3),
+    (KeyNotFoundError, 4),
+    (KeyAccessError, 4),
+    (StoreLockedError, 5),
+)
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _exit_code(error: SealvecError) -> int:
+    for kind, code in EXIT_CODES:
+        if isinstance(error, kind):
+            return code
+    return 1
+
+
+class _Settings:
+    def __init__(self, keyring: str | None, memory_lock: str, threads: int) -> None:
+        self.keyring = keyring
+        self.memory_lock = memory_lock
+        self.threads = threads
+
+    def provider(self):
+        from sealvec.keys import LocalKeyring
+
+        return LocalKeyring(self.keyring, os.environ.get("SEALVEC_KEYRING_PASSPHRASE"))
+
+    def open(self, store: str):
+        from sealvec.collection import Collection
+
+        return Collection.open(
+            store,
+            key_provider=self.provider(),
+            memory_lock=self.memory_lock,
+            threads=self.threads,
+        )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal and not os.environ.get("SEALVEC_PROGRESS"),
+    )
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+store_argument = click.argument(
+    "store", type=click.Path(file_okay=False, path_type=str), envvar="SEALVEC_STORE"
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--keyring",
+    envvar="SEALVEC_KEYRING",
+    help="Local keyring file (default ~/.config/sealvec/keyring.json). "
+    "Passphrase, if any, from SEALVEC_KEYRING_PASSPHRASE.",
+)
+@click.option(
+    "--memory-lock",
+    type=click.Choice(["required", "best_effort"]),
+    default="required",
+    envvar="SEALVEC_MEMORY_LOCK",
+    show_default=True,
+    help="Refuse to run without locked memory, or continue unlocked with a warning.",
+)
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="0 = all cores.")
+@click.option("-v", "--verbose", count=True, help="Log progress (-v) or details (-vv).")
+@click.version_option(package_name="sealvec")
+@click.pass_context
+def cli(ctx: click.Context, keyring, memory_lock, threads, verbose) -> None:
+    """sealvec: an encrypted vector store for retrieval over sensitive data."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = _Settings(keyring, memory_lock, threads)
+
+
+@cli.command()
+@store_argument
+@click.option("--dim", "dimension", type=click.IntRange(1, 65536), required=True)
+@click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine")
+@click.option("--key", "key_id", default="local:default", show_default=True)
+@click.option("--model", default=None, help="Label of the embedding model, e.g. local:all-MiniLM-L6-v2.")
+@json_option
+@click.pass_obj
+def init(settings: _Settings, store, dimension, metric, key_id, model, as_json) -> None:
+    """Create an empty collection in STORE."""
+    from sealvec.collection import Collection
+
+    with Collection.create(
+        store,
+        dimension=dimension,
+        metric=metric,
+        key_id=key_id,
+        key_provider=settings.provider(),
+        model=model,
+        memory_lock=settings.memory_lock,
+    ) as collection:
+        stats = collection.stats()
+    if as_json:
+        _print_json(stats)
+    else:
+        out.print(f"created collection {stats['collection_id']} in {store} (key {stats['key_id']})")
+
+
+def _read_jsonl(path: Path, id_field: str, text_field: str) -> list[dict[str, Any]]:
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError:
+                raise ValidationError(f"{path}:{number} is not valid JSON") from None
+            if not isinstance(value, dict) or not isinstance(value.get(id_field), str):
+                raise ValidationError(f"{path}:{number} has no string field {id_field!r}")
+            if not isinstance(value.get(text_field), str):
+                raise ValidationError(f"{path}:{number} has no string field {text_field!r}")
+            records.append(value)
+    return records
+
+
+def _batches(count: int, size: int) -> Iterator[slice]:
+    for start in range(0, count, size):
+        yield slice(start, min(start + size, count))
+
+
+@cli.command()
+@store_argument
+@click.argument("records", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--vectors",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A .npy float32 array, row i for record i. Without it, texts are embedded.",
+)
+@click.option("--model", default=None, help="Model label to record with --vectors.")
+@click.option("--id-field", default="id", show_default=True)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine")
+@click.option("--key", "key_id", default="local:default", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=512, show_default=True)
+@click.option(
+    "--on-existing",
+    type=click.Choice(["skip", "replace", "error"]),
+    default="skip",
+    show_default=True,
+    help="What to do with ids already stored (skip makes re-runs resume).",
+)
+@json_option
+@click.pass_obj
+def ingest(
+    settings: _Settings,
+    store,
+    records,
+    vectors,
+    model,
+    id_field,
+    text_field,
+    metric,
+    key_id,
+    batch_size,
+    on_existing,
+    as_json,
+) -> None:
+    """Add RECORDS (JSONL: id, text, other fields as metadata) to STORE.
+
+    Creates the collection if STORE has none. Each batch commits on its own, so an
+    interrupted ingest keeps every committed batch and a re-run skips them.
+    """
+    from sealvec.collection import Collection, collection_exists
+
+    rows = _read_jsonl(records, id_field, text_field)
+    embedder = None
+    if vectors is not None:
+        matrix = np.load(vectors, mmap_mode="r", allow_pickle=False)
+        if matrix.ndim != 2 or len(matrix) != len(rows):
+            raise ValidationError(
+                f"{vectors} has shape {matrix.shape}; expected ({len(rows)}, dimension)"
+            )
+        dimension = matrix.shape[1]
+    else:
+        from sealvec.embedders import default_embedder
+
+        embedder = default_embedder()
+        dimension, model = embedder.dimension, embedder.model_label
+
+    if collection_exists(store):
+        collection = settings.open(store)
+    else:
+        collection = Collection.create(
+            store,
+            dimension=dimension,
+            metric=metric,
+            key_id=key_id,
+            key_provider=settings.provider(),
+            model=model,
+            memory_lock=settings.memory_lock,
+            threads=settings.threads,
+        )
+    added = skipped = 0
+    with collection, _progress() as progress:
+        if collection.dimension != dimension:
+            raise ValidationError(
+                f"the collection has dimension {collection.dimension}, the input {dimension}"
+            )
+        task = progress.add_task("ingest", total=len(rows))
+        for part in _batches(len(rows), batch_size):
+            batch = rows[part]
+            ids = [r[id_field] for r in batch]
+            if on_existing == "skip":
+                present = {r.id for r in collection.get(ids, include=()) if r is not None}
+                keep = [i for i, record_id in enumerate(ids) if record_id not in present]
+                skipped += len(ids) - len(keep)
+            else:
+                keep = list(range(len(ids)))
+            if keep:
+                batch = [batch[i] for i in keep]
+                if embedder is not None:
+                    batch_vectors = embedder.embed([r[text_field] for r in batch])
+                else:
+                    batch_vectors = np.ascontiguousarray(
+                        matrix[part][keep], dtype=matrix.dtype
+                    )
+                documents = [r[text_field] for r in batch]
+                metadata = [
+                    {
+                        k: v
+                        for k, v in r.items()
+                        if k not in (id_field, text_field)
+                        and isinstance(v, (str, int, float, bool, type(None)))
+                    }
+                    for r in batch
+                ]
+                write = collection.upsert if on_existing == "replace" else collection.add
+                added += write(
+                    [r[id_field] for r in batch], batch_vectors, documents, metadata
+                )
+            progress.advance(task, len(ids))
+        stats = collection.stats()
+    result = {"added": added, "skipped": skipped, **stats}
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(
+            f"added {added}, skipped {skipped} already stored; "
+            f"{stats['records']} records in {stats['shards']} shards (generation {stats['generation']})"
+        )
+
+
+def _query_vector(collection, text: str | None, vector_path: Path | None) -> np.ndarray:
+    if (text is None) == (vector_path is None):
+        raise ValidationError("give a query TEXT or --vector FILE.npy, not both")
+    if vector_path is not None:
+        return np.load(vector_path, allow_pickle=False)
+    from sealvec.embedders import default_embedder
+
+    embedder = default_embedder()
+    if collection.model not in (None, embedder.model_label):
+        raise ValidationError(
+            f"the collection was embedded with {collection.model}; the local embedder is "
+            f"{embedder.model_label}. Query with --vector instead"
+        )
+    return embedder.embed_query(text)
+
+
+@cli.command()
+@store_argument
+@click.argument("text", required=False)
+@click.option("--vector", "vector_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("-d", "--documents", is_flag=True, help="Show each hit's document.")
+@json_option
+@click.pass_obj
+def query(settings: _Settings, store, text, vector_path, k, documents, as_json) -> None:
+    """Top-k records of STORE for a query TEXT (local embedder) or a .npy vector."""
+    with settings.open(store) as collection:
+        vector = _query_vector(collection, text, vector_path)
+        include = ("documents", "metadata") if documents else ("metadata",)
+        results = collection.search(vector, k=k, include=include)
+    if as_json:
+        _print_json(
+            [
+                [
+                    {"id": h.id, "score": h.score, "metadata": h.metadata}
+                    | ({"document": h.document} if documents else {})
+                    for h in hits
+                ]
+                for hits in results
+            ]
+        )
+        return
+    for hits in results:
+        table = Table("rank", "score", "id", *(["document"] if documents else []))
+        for rank, hit in enumerate(hits, start=1):
+            extra = [(hit.document or "").strip().splitlines()[0:3]] if documents else []
+            table.add_row(
+                str(rank), f"{hit.score:.4f}", hit.id, *["\n".join(e) for e in extra]
+            )
+        out.print(table)
+
+
+@cli.command()
+@store_argument
+@json_option
+@click.pass_obj
+def stats(settings: _Settings, store, as_json) -> None:
+    """Counts and sizes of STORE (no contents)."""
+    with settings.open(store) as collection:
+        info = collection.stats()
+    if as_json:
+        _print_json(info)
+        return
+    table = Table("field", "value")
+    for key, value in info.items():
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+@cli.command()
+@store_argument
+@json_option
+@click.pass_obj
+def verify(settings: _Settings, store, as_json) -> None:
+    """Authenticate every manifest and shard of STORE; prints no plaintext."""
+    from sealvec.verify import verify_store
+
+    with _progress() as progress:
+        task = progress.add_task("verify", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        report = verify_store(
+            store,
+            key_provider=settings.provider(),
+            memory_lock=settings.memory_lock,
+            on_progress=advance,
+        )
+    if as_json:
+        _print_json(report)
+    else:
+        out.print(
+            f"ok: generation {report['generation']}, {report['manifests_checked']} manifests, "
+            f"{report['shards_checked']} shards, {report['rows']} rows authenticated"
+            + (
+                f"; {len(report['unreferenced'])} unreferenced objects (garbage)"
+                if report["unreferenced"]
+                else ""
+            )
+        )
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("interrupted")
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except SealvecError as error:
+        err.print(f"error: {error}", markup=False, highlight=False)
+        sys.exit(_exit_code(error))
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except OSError as error:
+        err.print(f"error: {error}", markup=False, highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,829 @@
+"""Collections: the public API over sealed shards, manifests and locked memory.
+
+A collection's state is one committed manifest generation plus its shards,
+decrypted into locked memory. Every write (add, upsert, delete) commits a new
+generation atomically: new shards are made durable first, then the manifest that
+names them is created (never replaced). Queries run on an immutable snapshot of the
+state, so a query in flight finishes on the generation it started on while a write
+or refresh swaps in the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sealvec import _core
+from sealvec.errors import (
+    ClosedError,
+    CollectionExistsError,
+    CollectionNotFoundError,
+    ConflictError,
+    IntegrityError,
+    StorageError,
+    ValidationError,
+)
+from sealvec.keys import (
+    KeyProvider,
+    LocalKeyring,
+    SecretKey,
+    parse_local_key_id,
+    unwrap_data_key,
+    wrap_data_key,
+)
+from sealvec.manifest import (
+    MANIFEST_PREFIX,
+    METRICS,
+    Manifest,
+    OpenedManifest,
+    ShardEntry,
+    manifest_name,
+    open_manifest,
+    parse_manifest_name,
+    seal_manifest,
+)
+from sealvec.shard import (
+    LoadedShard,
+    encode_payload,
+    encode_strings,
+    load_shard,
+    shard_object_name,
+    write_shard,
+)
+from sealvec.storage import LocalDirectory, Storage
+from sealvec.validation import (
+    check_documents,
+    check_ids,
+    check_include,
+    check_k,
+    check_metadata,
+    check_unique,
+    check_vectors,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KEY_ID = "local:default"
+DEFAULT_RETAIN_GENERATIONS = 10
+MEMORY_LOCK_CHOICES = ("required", "best_effort")
+_COMMIT_ATTEMPTS = 5
+
+
+@dataclass
+class Hit:
+    """One search result. ``score`` is cosine similarity or inner product (higher is
+    better) or Euclidean distance (lower is better), by the collection's metric."""
+
+    id: str
+    score: float
+    document: str | None = None
+    metadata: dict[str, Any] | None = None
+    vector: np.ndarray | None = None
+
+
+class SearchResults(Sequence[list[Hit]]):
+    """Results of a query batch: one list of hits per query, best first."""
+
+    def __init__(self, ids: list[list[str]], scores: np.ndarray, hits: list[list[Hit]]):
+        self.ids = ids
+        self.scores = scores
+        self._hits = hits
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._hits[index]
+
+    def __len__(self) -> int:
+        return len(self._hits)
+
+    def __repr__(self) -> str:
+        return f"SearchResults(queries={len(self._hits)}, k={self.scores.shape[1]})"
+
+
+@dataclass
+class Record:
+    id: str
+    vector: np.ndarray | None
+    document: str | None
+    metadata: dict[str, Any] | None
+
+
+class _State:
+    """An immutable snapshot: one manifest generation and its loaded shards."""
+
+    def __init__(self, manifest: Manifest, shards: list[LoadedShard]) -> None:
+        self.manifest = manifest
+        self.shards = shards
+        counts = np.array([s.rows for s in shards], dtype=np.int64)
+        self.row_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.total_rows = int(self.row_starts[-1])
+        self.mask = np.ones(self.total_rows, dtype=np.uint8)
+        for start, entry in zip(self.row_starts, manifest.shards):
+            if entry.deleted:
+                self.mask[start + np.asarray(entry.deleted, dtype=np.int64)] = 0
+        self.live_rows = int(self.mask.sum())
+        self.id_table = _core.IdTable(
+            [s.ids_offsets for s in shards], [s.ids_data for s in shards]
+        )
+        self.ranks = self.id_table.ranks()
+        self.users = 0
+        self.retired = False
+
+    def locate(self, row: int) -> tuple[LoadedShard, int]:
+        index = int(np.searchsorted(self.row_starts, row, side="right")) - 1
+        return self.shards[index], row - int(self.row_starts[index])
+
+    def lookup(self, ids: list[str]) -> np.ndarray:
+        return self.id_table.lookup(ids, self.mask)
+
+
+def _as_storage(location: str | os.PathLike[str] | Storage) -> Storage:
+    if isinstance(location, Storage):
+        return location
+    return LocalDirectory(location)
+
+
+def _check_keyring_outside(storage: Storage, provider: KeyProvider) -> None:
+    if isinstance(provider, LocalKeyring) and isinstance(storage, LocalDirectory):
+        keyring = provider.path.expanduser().absolute()
+        if keyring.is_relative_to(storage.root):
+            raise ValidationError(
+                f"the keyring {keyring} must live outside the store {storage.root}"
+            )
+
+
+def _check_memory_lock(memory_lock: str) -> None:
+    if memory_lock not in MEMORY_LOCK_CHOICES:
+        raise ValidationError(
+            f"memory_lock must be 'required' or 'best_effort', got {memory_lock!r}"
+        )
+
+
+def _latest_generation(storage: Storage) -> int | None:
+    generations = [g for g in map(parse_manifest_name, storage.list(MANIFEST_PREFIX)) if g]
+    return max(generations) if generations else None
+
+
+class Collection:
+    """An encrypted collection of vectors, ids and documents.
+
+    Create one with :meth:`create`, open one with :meth:`open`; use it as a context
+    manager or call :meth:`close`, which zeroes and unlocks its memory.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        provider: KeyProvider,
+        opened: OpenedManifest,
+        *,
+        memory_lock: str,
+        threads: int,
+    ) -> None:
+        self._storage = storage
+        self._provider = provider
+        self._memory_lock = memory_lock
+        self._threads = threads
+        self._key_id = opened.key_id
+        self._wrapped_collection_key = opened.wrapped_collection_key
+        self._collection_key = opened.collection_key
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._closed = False
+        self._seen_generation = opened.manifest.generation
+        self._state: _State = self._build_state(opened.manifest, {})
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def create(
+        cls,
+        location: str | os.PathLike[str] | Storage,
+        *,
+        dimension: int,
+        metric: str = "cosine",
+        key_id: str = DEFAULT_KEY_ID,
+        key_provider: KeyProvider | None = None,
+        model: str | None = None,
+        memory_lock: str = "required",
+        threads: int = 0,
+        retain_generations: int = DEFAULT_RETAIN_GENERATIONS,
+    ) -> Collection:
+        """Create an empty collection; refuses a location that already holds one."""
+        if isinstance(dimension, bool) or not isinstance(dimension, int) or not 0 < dimension <= 65536:
+            raise ValidationError(f"dimension must be an int from 1 to 65536, got {dimension!r}")
+        if metric not in METRICS:
+            raise ValidationError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if not isinstance(retain_generations, int) or retain_generations < 1:
+            raise ValidationError("retain_generations must be a positive int")
+        _check_memory_lock(memory_lock)
+        storage = _as_storage(location)
+        provider = key_provider or LocalKeyring()
+        _check_keyring_outside(storage, provider)
+        if isinstance(provider, LocalKeyring) and key_id.startswith("local:"):
+            name, version = parse_local_key_id(key_id)
+            if version is None:
+                provider.create_key(name)  # returns the existing key if there is one
+
+        storage.initialise()
+        with storage.writer_lock():
+            if _latest_generation(storage) is not None:
+                raise CollectionExistsError(f"a collection already exists at {storage.location}")
+            collection_key = SecretKey.generate(memory_lock)
+            try:
+                versioned_id, wrapped = provider.wrap_key(key_id, collection_key.material())
+                manifest = Manifest(
+                    collection_id=os.urandom(16),
+                    generation=1,
+                    dimension=dimension,
+                    metric=metric,
+                    model=model,
+                    settings={"retain_generations": retain_generations},
+                )
+                raw = seal_manifest(manifest, collection_key, versioned_id, wrapped)
+                storage.put(manifest_name(1), [raw], create_only=True)
+            except BaseException:
+                collection_key.close()
+                raise
+        logger.info(
+            "created collection %s (dimension %d, metric %s, key %s)",
+            manifest.collection_id.hex(),
+            dimension,
+            metric,
+            versioned_id,
+        )
+        opened = OpenedManifest(manifest, versioned_id, wrapped, collection_key, True)
+        return cls(storage, provider, opened, memory_lock=memory_lock, threads=threads)
+
+    @classmethod
+    def open(
+        cls,
+        location: str | os.PathLike[str] | Storage,
+        *,
+        key_provider: KeyProvider | None = None,
+        memory_lock: str = "required",
+        threads: int = 0,
+    ) -> Collection:
+        """Open the newest committed generation: one key-provider call in all."""
+        _check_memory_lock(memory_lock)
+        storage = _as_storage(location)
+        provider = key_provider or LocalKeyring()
+        _check_keyring_outside(storage, provider)
+        if not storage.exists():
+            raise CollectionNotFoundError(f"no collection at {storage.location}")
+        generation = _latest_generation(storage)
+        if generation is None:
+            raise CollectionNotFoundError(f"no collection at {storage.location}")
+        name = manifest_name(generation)
+        opened = open_manifest(
+            storage.get(name), name=name, provider=provider, memory_lock=memory_lock
+        )
+        try:
+            return cls(storage, provider, opened, memory_lock=memory_lock, threads=threads)
+        except BaseException:
+            opened.collection_key.close()
+            raise
+
+    def close(self) -> None:
+        """Zero and unlock every key and vector this collection holds. Idempotent."""
+        with self._write_lock, self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            state = self._state
+            state.retired = True
+            if state.users == 0:
+                self._dispose(state)
+        self._collection_key.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def dimension(self) -> int:
+        return self._state.manifest.dimension
+
+    @property
+    def metric(self) -> str:
+        return self._state.manifest.metric
+
+    @property
+    def model(self) -> str | None:
+        return self._state.manifest.model
+
+    @property
+    def generation(self) -> int:
+        return self._state.manifest.generation
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    @property
+    def location(self) -> str:
+        return self._storage.location
+
+    def count(self) -> int:
+        """Live records."""
+        with self._snapshot() as state:
+            return state.live_rows
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and sizes only; never contents."""
+        with self._snapshot() as state:
+            manifest = state.manifest
+            return {
+                "location": self._storage.location,
+                "collection_id": manifest.collection_id.hex(),
+                "generation": manifest.generation,
+                "dimension": manifest.dimension,
+                "metric": manifest.metric,
+                "model": manifest.model,
+                "key_id": self._key_id,
+                "records": state.live_rows,
+                "deleted_rows": state.total_rows - state.live_rows,
+                "shards": len(state.shards),
+                "stored_bytes": sum(s.size for s in manifest.shards),
+                "locked_bytes": sum(s.nbytes for s in state.shards),
+                "simd": _core.simd_level(),
+            }
+
+    # ------------------------------------------------------------------ state
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[_State]:
+        with self._state_lock:
+            if self._closed:
+                raise ClosedError("the collection is closed")
+            state = self._state
+            state.users += 1
+        try:
+            yield state
+        finally:
+            with self._state_lock:
+                state.users -= 1
+                if state.retired and state.users == 0:
+                    self._dispose(state)
+
+    def _dispose(self, state: _State) -> None:
+        """Release a retired state; shards no other state holds are wiped."""
+        state.id_table.close()
+        for shard in state.shards:
+            shard.holders -= 1
+            if shard.holders == 0:
+                shard.release()
+
+    def _install(self, state: _State) -> None:
+        with self._state_lock:
+            old = self._state
+            self._state = state
+            self._seen_generation = max(self._seen_generation, state.manifest.generation)
+            old.retired = True
+            if old.users == 0:
+                self._dispose(old)
+
+    def _build_state(
+        self, manifest: Manifest, ready: dict[bytes, LoadedShard]
+    ) -> _State:
+        """Load what ``manifest`` names (reusing ``ready`` and the current state)."""
+        current = getattr(self, "_state", None)
+        known = {s.shard_id: s for s in current.shards} if current else {}
+        known.update(ready)
+        missing = [e for e in manifest.shards if e.shard_id not in known]
+        loaded = self._load_shards(manifest, missing)
+        try:
+            shards = [known.get(e.shard_id) or loaded[e.shard_id] for e in manifest.shards]
+            for shard in shards:
+                if shard.rows != next(
+                    e.rows for e in manifest.shards if e.shard_id == shard.shard_id
+                ):
+                    raise IntegrityError(f"shard {shard.shard_id.hex()} changed its row count")
+            state = _State(manifest, shards)
+        except BaseException:
+            for shard in loaded.values():
+                shard.release()
+            raise
+        for shard in shards:
+            shard.holders += 1
+        return state
+
+    def _load_shards(
+        self, manifest: Manifest, entries: list[ShardEntry]
+    ) -> dict[bytes, LoadedShard]:
+        """Decrypt shards in parallel threads (cryptography releases the GIL)."""
+        if not entries:
+            return {}
+
+        def load(entry: ShardEntry) -> LoadedShard:
+            data_key = unwrap_data_key(
+                self._collection_key, entry.wrapped_data_key, self._memory_lock
+            )
+            try:
+                return load_shard(
+                    self._storage,
+                    collection_id=manifest.collection_id,
+                    shard_id=entry.shard_id,
+                    dimension=manifest.dimension,
+                    rows=entry.rows,
+                    header_sha256=entry.header_sha256,
+                    size=entry.size,
+                    data_key=data_key,
+                    memory_lock=self._memory_lock,
+                )
+            finally:
+                data_key.close()
+
+        started = time.perf_counter()
+        workers = min(len(entries), self._threads or os.cpu_count() or 1)
+        loaded: dict[bytes, LoadedShard] = {}
+        errors: list[BaseException] = []
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(load, e) for e in entries]
+            for future in futures:
+                try:
+                    shard = future.result()
+                    loaded[shard.shard_id] = shard
+                except BaseException as error:  # noqa: BLE001 - raised once below
+                    errors.append(error)
+        if errors:
+            for shard in loaded.values():
+                shard.release()
+            raise errors[0]
+        logger.info(
+            "decrypted %d shards (%d bytes) in %.3f s",
+            len(loaded),
+            sum(s.nbytes for s in loaded.values()),
+            time.perf_counter() - started,
+        )
+        return loaded
+
+    # ------------------------------------------------------------------ refresh
+
+    def refresh(self) -> bool:
+        """Load a newer committed generation if there is one; True if it did."""
+        with self._write_lock:
+            return self._refresh_locked()
+
+    def _refresh_locked(self) -> bool:
+        if self._closed:
+            raise ClosedError("the collection is closed")
+        latest = _latest_generation(self._storage)
+        if latest is None or latest < self._seen_generation:
+            raise IntegrityError(
+                f"the store's newest manifest generation ({latest}) is older than "
+                f"generation {self._seen_generation} already seen: rollback refused"
+            )
+        if latest == self._state.manifest.generation:
+            return False
+        name = manifest_name(latest)
+        opened = open_manifest(
+            self._storage.get(name),
+            name=name,
+            provider=self._provider,
+            cached_key=(self._key_id, self._wrapped_collection_key, self._collection_key),
+            memory_lock=self._memory_lock,
+        )
+        if opened.manifest.collection_id != self._state.manifest.collection_id:
+            raise IntegrityError("the store now holds a different collection")
+        if opened.unwrapped_now:
+            old_key = self._collection_key
+            self._collection_key = opened.collection_key
+            self._key_id = opened.key_id
+            self._wrapped_collection_key = opened.wrapped_collection_key
+            old_key.close()
+        self._install(self._build_state(opened.manifest, {}))
+        logger.info("refreshed to generation %d", latest)
+        return True
+
+    # ------------------------------------------------------------------ writes
+
+    def _commit(self, mutate) -> Manifest:
+        """Run ``mutate(state) -> (shards, loaded)`` and commit the next generation.
+
+        Holds the store's writer lock; catches up with other writers first. A lost
+        create-only race (a backend without locks) retries on the newer state.
+        """
+        with self._write_lock, self._storage.writer_lock():
+            for attempt in range(_COMMIT_ATTEMPTS):
+                self._refresh_locked()
+                state = self._state
+                shards, loaded = mutate(state)
+                manifest = state.manifest.next(tuple(shards))
+                raw = seal_manifest(
+                    manifest, self._collection_key, self._key_id, self._wrapped_collection_key
+                )
+                try:
+                    self._storage.put(manifest_name(manifest.generation), [raw], create_only=True)
+                except ConflictError:
+                    for shard in loaded.values():
+                        shard.release()
+                        self._storage.delete(shard_object_name(shard.shard_id))
+                    if attempt == _COMMIT_ATTEMPTS - 1:
+                        raise
+                    continue
+                except BaseException:
+                    for shard in loaded.values():
+                        shard.release()
+                    raise
+                self._install(self._build_state(manifest, loaded))
+                self._prune_manifests(manifest)
+                logger.info(
+                    "committed generation %d (%d shards, %d live rows)",
+                    manifest.generation,
+                    len(manifest.shards),
+                    manifest.live_rows,
+                )
+                return manifest
+        raise AssertionError("unreachable")
+
+    def _prune_manifests(self, manifest: Manifest) -> None:
+        retain = int(manifest.settings.get("retain_generations", DEFAULT_RETAIN_GENERATIONS))
+        for name in self._storage.list(MANIFEST_PREFIX):
+            generation = parse_manifest_name(name)
+            if generation is not None and generation <= manifest.generation - retain:
+                self._storage.delete(name)
+
+    def _write_new_shard(
+        self,
+        state: _State,
+        ids: list[str],
+        vectors: np.ndarray,
+        documents: list[str | None],
+        metadata: list[dict[str, Any]],
+    ) -> tuple[ShardEntry, LoadedShard]:
+        """Seal a batch into a new shard and copy its plaintext into locked memory."""
+        manifest = state.manifest
+        shard_id = os.urandom(16)
+        ids_section = encode_strings([i.encode("utf-8") for i in ids])
+        payloads_section = encode_strings(
+            [encode_payload(d, m) for d, m in zip(documents, metadata)]
+        )
+        data_key = SecretKey.generate(self._memory_lock)
+        try:
+            written = write_shard(
+                self._storage,
+                collection_id=manifest.collection_id,
+                shard_id=shard_id,
+                data_key=data_key,
+                vectors=vectors,
+                ids_section=ids_section,
+                payloads_section=payloads_section,
+            )
+            wrapped = wrap_data_key(self._collection_key, data_key)
+        finally:
+            data_key.close()
+        loaded = _shard_from_plaintext(
+            shard_id,
+            vectors,
+            ids_section,
+            payloads_section,
+            self._memory_lock,
+        )
+        entry = ShardEntry(shard_id, written.rows, wrapped, written.header_sha256, written.size)
+        return entry, loaded
+
+    def _prepare_batch(
+        self, ids: Any, vectors: Any, documents: Any, metadata: Any
+    ) -> tuple[list[str], np.ndarray, list[str | None], list[dict[str, Any]]]:
+        with self._snapshot() as state:
+            dimension, metric = state.manifest.dimension, state.manifest.metric
+        ids = check_ids(ids)
+        check_unique(ids)
+        vectors = check_vectors(vectors, dimension, metric)
+        if len(vectors) != len(ids):
+            raise ValidationError(f"vectors has {len(vectors)} rows for {len(ids)} ids")
+        return ids, vectors, check_documents(documents, len(ids)), check_metadata(
+            metadata, len(ids)
+        )
+
+    def add(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        documents: Sequence[str | None] | None = None,
+        metadata: Sequence[dict[str, Any] | None] | None = None,
+    ) -> int:
+        """Add new records as one atomic batch; refuses ids that already exist."""
+        ids, vectors, documents, metadata = self._prepare_batch(ids, vectors, documents, metadata)
+        if not ids:
+            return 0
+
+        def mutate(state: _State):
+            rows = state.lookup(ids)
+            if (rows >= 0).any():
+                existing = int((rows >= 0).sum())
+                first = ids[int(np.argmax(rows >= 0))]
+                raise ValidationError(
+                    f"{existing} of the ids already exist (first: {first!r}); "
+                    "use upsert to replace them. Nothing was added"
+                )
+            entry, loaded = self._write_new_shard(state, ids, vectors, documents, metadata)
+            return [*state.manifest.shards, entry], {entry.shard_id: loaded}
+
+        self._commit(mutate)
+        return len(ids)
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        documents: Sequence[str | None] | None = None,
+        metadata: Sequence[dict[str, Any] | None] | None = None,
+    ) -> int:
+        """Insert or replace records (vector and payload together) atomically."""
+        ids, vectors, documents, metadata = self._prepare_batch(ids, vectors, documents, metadata)
+        if not ids:
+            return 0
+
+        def mutate(state: _State):
+            rows = state.lookup(ids)
+            shards = _with_deleted_rows(state, rows[rows >= 0])
+            entry, loaded = self._write_new_shard(state, ids, vectors, documents, metadata)
+            return [*shards, entry], {entry.shard_id: loaded}
+
+        self._commit(mutate)
+        return len(ids)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete records by id; returns how many existed and were removed."""
+        ids = check_ids(ids)
+        if not ids:
+            return 0
+        removed = 0
+
+        def mutate(state: _State):
+            nonlocal removed
+            rows = np.unique(state.lookup(ids))
+            rows = rows[rows >= 0]
+            removed = len(rows)
+            return _with_deleted_rows(state, rows), {}
+
+        with self._snapshot() as state:
+            if not (state.lookup(ids) >= 0).any():
+                return 0
+        self._commit(mutate)
+        return removed
+
+    # ------------------------------------------------------------------ reads
+
+    def get(
+        self, ids: Sequence[str], include: Sequence[str] = ("documents", "metadata", "vectors")
+    ) -> list[Record | None]:
+        """Records by id, in the order asked; None where an id does not exist."""
+        ids = check_ids(ids)
+        wanted = check_include(include)
+        with self._snapshot() as state:
+            rows = state.lookup(ids)
+            records: list[Record | None] = []
+            for record_id, row in zip(ids, rows):
+                if row < 0:
+                    records.append(None)
+                    continue
+                shard, local = state.locate(int(row))
+                payload = shard.payload(local) if wanted & {"documents", "metadata"} else {}
+                records.append(
+                    Record(
+                        id=record_id,
+                        vector=shard.vector_array()[local].copy() if "vectors" in wanted else None,
+                        document=payload.get("document") if "documents" in wanted else None,
+                        metadata=payload.get("metadata") if "metadata" in wanted else None,
+                    )
+                )
+            return records
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        include: Sequence[str] = (),
+    ) -> SearchResults:
+        """Exact top-k for each query (rows of ``queries``, or one 1-D query).
+
+        Each query gets min(k, live records) hits, best first; equal scores are
+        ordered by id. ``include`` may name "documents", "metadata", "vectors".
+        """
+        k = check_k(k)
+        wanted = check_include(include)
+        with self._snapshot() as state:
+            manifest = state.manifest
+            queries = check_vectors(
+                queries, manifest.dimension, manifest.metric, name="queries", allow_1d=True
+            )
+            if state.total_rows == 0 or state.live_rows == 0:
+                empty = np.zeros((len(queries), 0), dtype=np.float32)
+                return SearchResults([[] for _ in queries], empty, [[] for _ in queries])
+            scores, rows = _core.search(
+                [s.vectors for s in state.shards],
+                manifest.dimension,
+                queries,
+                k,
+                manifest.metric,
+                mask=state.mask,
+                tiebreak=state.ranks,
+                threads=self._threads,
+            )
+            flat_ids = state.id_table.ids_at(rows.reshape(-1))
+            width = rows.shape[1]
+            ids = [flat_ids[i * width : (i + 1) * width] for i in range(len(rows))]
+            hits = []
+            for query_ids, query_scores, query_rows in zip(ids, scores, rows):
+                query_hits = []
+                for hit_id, score, row in zip(query_ids, query_scores, query_rows):
+                    hit = Hit(hit_id, float(score))
+                    if wanted:
+                        shard, local = state.locate(int(row))
+                        if wanted & {"documents", "metadata"}:
+                            payload = shard.payload(local)
+                            if "documents" in wanted:
+                                hit.document = payload.get("document")
+                            if "metadata" in wanted:
+                                hit.metadata = payload.get("metadata")
+                        if "vectors" in wanted:
+                            hit.vector = shard.vector_array()[local].copy()
+                    query_hits.append(hit)
+                hits.append(query_hits)
+            return SearchResults(ids, scores, hits)
+
+
+def _with_deleted_rows(state: _State, rows: np.ndarray) -> list[ShardEntry]:
+    """The manifest's shard entries with the given global rows marked deleted."""
+    by_shard: dict[int, list[int]] = {}
+    for row in np.asarray(rows, dtype=np.int64):
+        index = int(np.searchsorted(state.row_starts, row, side="right")) - 1
+        by_shard.setdefault(index, []).append(int(row - state.row_starts[index]))
+    entries = list(state.manifest.shards)
+    for index, local_rows in by_shard.items():
+        entry = entries[index]
+        deleted = tuple(sorted(set(entry.deleted) | set(local_rows)))
+        entries[index] = ShardEntry(
+            entry.shard_id,
+            entry.rows,
+            entry.wrapped_data_key,
+            entry.header_sha256,
+            entry.size,
+            deleted,
+        )
+    return entries
+
+
+def _shard_from_plaintext(
+    shard_id: bytes,
+    vectors: np.ndarray,
+    ids_section: bytes,
+    payloads_section: bytes,
+    memory_lock: str,
+) -> LoadedShard:
+    """A loaded shard built from the plaintext just sealed (no decrypt round trip)."""
+    buffers = []
+    try:
+        for data in (memoryview(vectors).cast("B"), ids_section, payloads_section):
+            buffer = _core.SecureBuffer(len(data), memory_lock)
+            buffers.append(buffer)
+            if len(data):
+                memoryview(buffer)[:] = data
+            buffer.seal()
+        return LoadedShard(shard_id, vectors.shape[0], vectors.shape[1], *buffers)
+    except BaseException:
+        for buffer in buffers:
+            buffer.release()
+        raise
+
+
+def collection_exists(location: str | os.PathLike[str] | Storage) -> bool:
+    storage = _as_storage(location)
+    return storage.exists() and _latest_generation(storage) is not None
+
+
+def default_store_path() -> Path:
+    return Path(os.environ.get("SEALVEC_STORE", "./sealvec-store"))
+
+
+__all__ = [
+    "Collection",
+    "Hit",
+    "Record",
+    "SearchResults",
+    "StorageError",
+]

@@ -1,0 +1,233 @@
+"""Manifests: one sealed object per committed generation of a collection.
+
+``manifest/<generation, 20 digits>`` holds, in its authenticated plaintext header,
+the versioned id of the key-encryption key and the wrapped collection key; its
+sealed body is a JSON document listing the live shards (wrapped data keys, row
+counts, header digests, deleted rows), the dimension, metric and model label.
+
+Writers commit generation N+1 create-only, so two writers never both win.
+Readers refuse a manifest whose stored name and sealed generation disagree, and a
+generation older than one they have already seen (rollback).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sealvec.errors import IntegrityError
+from sealvec.keys import KeyProvider, SecretKey
+from sealvec.sealed import (
+    DEFAULT_SEGMENT_SIZE,
+    KIND_MANIFEST,
+    SECTION_MANIFEST_BODY,
+    TAG_SIZE,
+    SealedWriter,
+    SectionDecryptor,
+    parse_header,
+    verify_commitment,
+)
+
+MANIFEST_PREFIX = "manifest/"
+MANIFEST_FORMAT = 1
+MAX_MANIFEST_BODY = 1 << 30
+METRICS = ("cosine", "ip", "l2")
+
+
+def manifest_name(generation: int) -> str:
+    return f"{MANIFEST_PREFIX}{generation:020d}"
+
+
+def parse_manifest_name(name: str) -> int | None:
+    tail = name[len(MANIFEST_PREFIX) :]
+    if name.startswith(MANIFEST_PREFIX) and len(tail) == 20 and tail.isdigit():
+        return int(tail)
+    return None
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    shard_id: bytes
+    rows: int
+    wrapped_data_key: bytes
+    header_sha256: str
+    size: int
+    deleted: tuple[int, ...] = ()
+
+    @property
+    def live_rows(self) -> int:
+        return self.rows - len(self.deleted)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.shard_id.hex(),
+            "rows": self.rows,
+            "wrapped_data_key": base64.b64encode(self.wrapped_data_key).decode("ascii"),
+            "header_sha256": self.header_sha256,
+            "size": self.size,
+            "deleted": list(self.deleted),
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> ShardEntry:
+        entry = cls(
+            shard_id=bytes.fromhex(value["id"]),
+            rows=int(value["rows"]),
+            wrapped_data_key=base64.b64decode(value["wrapped_data_key"]),
+            header_sha256=str(value["header_sha256"]),
+            size=int(value["size"]),
+            deleted=tuple(int(r) for r in value["deleted"]),
+        )
+        if len(entry.shard_id) != 16 or entry.rows < 0 or entry.size <= 0:
+            raise ValueError("bad shard entry")
+        if any(not 0 <= r < entry.rows for r in entry.deleted):
+            raise ValueError("deleted row out of range")
+        if len(set(entry.deleted)) != len(entry.deleted):
+            raise ValueError("deleted rows repeat")
+        return entry
+
+
+@dataclass(frozen=True)
+class Manifest:
+    collection_id: bytes
+    generation: int
+    dimension: int
+    metric: str
+    model: str | None
+    shards: tuple[ShardEntry, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def live_rows(self) -> int:
+        return sum(s.live_rows for s in self.shards)
+
+    def next(self, shards: tuple[ShardEntry, ...]) -> Manifest:
+        return replace(self, generation=self.generation + 1, shards=shards)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "format": MANIFEST_FORMAT,
+                "collection_id": self.collection_id.hex(),
+                "generation": self.generation,
+                "dimension": self.dimension,
+                "metric": self.metric,
+                "model": self.model,
+                "settings": self.settings,
+                "shards": [s.to_json() for s in self.shards],
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Manifest:
+        try:
+            value = json.loads(raw)
+            if value["format"] != MANIFEST_FORMAT:
+                raise IntegrityError(f"unsupported manifest format {value['format']}")
+            manifest = cls(
+                collection_id=bytes.fromhex(value["collection_id"]),
+                generation=int(value["generation"]),
+                dimension=int(value["dimension"]),
+                metric=str(value["metric"]),
+                model=value["model"],
+                settings=dict(value.get("settings") or {}),
+                shards=tuple(ShardEntry.from_json(s) for s in value["shards"]),
+            )
+        except IntegrityError:
+            raise
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError("manifest body is malformed") from None
+        if manifest.metric not in METRICS or not 0 < manifest.dimension <= 65536:
+            raise IntegrityError("manifest names an unknown metric or bad dimension")
+        if len({s.shard_id for s in manifest.shards}) != len(manifest.shards):
+            raise IntegrityError("manifest lists a shard twice")
+        return manifest
+
+
+def seal_manifest(
+    manifest: Manifest, collection_key: SecretKey, key_id: str, wrapped_collection_key: bytes
+) -> bytes:
+    """The sealed bytes of ``manifest`` (header with the wrapped CK, then the body)."""
+    body = manifest.to_json()
+    writer = SealedWriter(
+        kind=KIND_MANIFEST,
+        root_key=collection_key.material(),
+        collection_id=manifest.collection_id,
+        object_id=os.urandom(16),
+        generation=manifest.generation,
+        dimension=manifest.dimension,
+        key_id=key_id,
+        wrapped_key=wrapped_collection_key,
+        sections=[(SECTION_MANIFEST_BODY, len(body), DEFAULT_SEGMENT_SIZE)],
+    )
+    return writer.header_bytes() + b"".join(writer.seal_section(SECTION_MANIFEST_BODY, body))
+
+
+@dataclass
+class OpenedManifest:
+    manifest: Manifest
+    key_id: str
+    wrapped_collection_key: bytes
+    collection_key: SecretKey
+    unwrapped_now: bool
+
+
+def open_manifest(
+    raw: bytes,
+    *,
+    name: str,
+    provider: KeyProvider,
+    cached_key: tuple[str, bytes, SecretKey] | None = None,
+    memory_lock: str = "required",
+) -> OpenedManifest:
+    """Authenticate and decrypt a manifest.
+
+    ``cached_key`` is (key id, wrapped CK, CK) from an earlier generation: when the
+    header carries the same wrapped key, the provider is not called again.
+    """
+    header = parse_header(raw, expected_kind=KIND_MANIFEST)
+    expected_generation = parse_manifest_name(name)
+    if expected_generation is None or header.generation != expected_generation:
+        raise IntegrityError(
+            f"manifest {name} holds generation {header.generation}: replaced or rolled back"
+        )
+    if header.total_size != len(raw):
+        raise IntegrityError(f"manifest {name} is truncated or has trailing bytes")
+    if [s.section_id for s in header.sections] != [SECTION_MANIFEST_BODY]:
+        raise IntegrityError(f"manifest {name} has an unexpected section table")
+    entry = header.sections[0]
+    if entry.plain_len > MAX_MANIFEST_BODY:
+        raise IntegrityError(f"manifest {name} body is too large")
+
+    # One provider call per collection open; later generations reuse the key.
+    if cached_key and cached_key[0] == header.key_id and cached_key[1] == header.wrapped_key:
+        collection_key, unwrapped_now = cached_key[2], False
+    else:
+        material = provider.unwrap_key(header.key_id, header.wrapped_key)
+        if len(material) != 32:
+            raise IntegrityError(f"the collection key unwrapped by {header.key_id} is not 32 bytes")
+        collection_key, unwrapped_now = SecretKey(material, memory_lock), True
+        del material
+    try:
+        segment_key = verify_commitment(header, collection_key.material())
+        decryptor = SectionDecryptor(header, segment_key, SECTION_MANIFEST_BODY)
+        body = bytearray(entry.plain_len)
+        body_view = memoryview(body)
+        position = entry.offset
+        for index in range(entry.segment_count):
+            start, length = entry.segment_bounds(index)
+            sealed = memoryview(raw)[position : position + length + TAG_SIZE]
+            decryptor.decrypt_segment_into(index, sealed, body_view[start : start + length])
+            position += length + TAG_SIZE
+        manifest = Manifest.from_json(bytes(body))
+        if manifest.generation != header.generation or manifest.collection_id != header.collection_id:
+            raise IntegrityError(f"manifest {name} body disagrees with its header")
+    except BaseException:
+        if unwrapped_now:
+            collection_key.close()
+        raise
+    return OpenedManifest(manifest, header.key_id, header.wrapped_key, collection_key, unwrapped_now)

@@ -1,0 +1,270 @@
+"""Shards: immutable sealed objects holding a batch of vectors, ids and payloads.
+
+Sections (see ``docs/format.md``):
+
+- vectors: ``rows x dimension`` float32, row-major, little-endian; segments hold a
+  whole number of rows.
+- ids: ``rows + 1`` little-endian uint64 offsets, then the UTF-8 ids back to back.
+- payloads: the same layout; each entry is the JSON object
+  ``{"document": str | null, "metadata": {...}}``.
+
+A loaded shard keeps each section decrypted in its own ``SecureBuffer`` (locked,
+non-dumpable memory), sealed read-only once filled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sealvec import _core
+from sealvec.errors import IntegrityError
+from sealvec.keys import SecretKey
+from sealvec.sealed import (
+    DEFAULT_SEGMENT_SIZE,
+    DTYPE_FLOAT32,
+    KIND_SHARD,
+    MAX_HEADER_SIZE,
+    SECTION_IDS,
+    SECTION_PAYLOADS,
+    SECTION_VECTORS,
+    Header,
+    SealedWriter,
+    decrypt_section_into,
+    parse_header,
+    read_exact,
+    verify_commitment,
+)
+from sealvec.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+_HEADER_LEN_FIELD = struct.Struct("<I")
+_HEADER_LEN_OFFSET = 12
+
+
+def shard_object_name(shard_id: bytes) -> str:
+    return f"shards/{shard_id.hex()}.svs"
+
+
+def vector_segment_size(dimension: int, target: int = DEFAULT_SEGMENT_SIZE) -> int:
+    """Segment size for the vectors section: whole rows, about ``target`` bytes."""
+    row_bytes = 4 * dimension
+    return max(1, target // row_bytes) * row_bytes
+
+
+def encode_strings(values: Sequence[bytes]) -> bytes:
+    """Offsets table (len+1 little-endian uint64) followed by the values."""
+    offsets = np.zeros(len(values) + 1, dtype="<u8")
+    if values:
+        np.cumsum([len(v) for v in values], out=offsets[1:])
+    return offsets.tobytes() + b"".join(values)
+
+
+def encode_payload(document: str | None, metadata: dict | None) -> bytes:
+    return json.dumps(
+        {"document": document, "metadata": metadata or {}},
+        ensure_ascii=False,
+        separators=(",", ":"),
+        allow_nan=False,
+    ).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class WrittenShard:
+    shard_id: bytes
+    rows: int
+    header_sha256: str
+    size: int
+
+
+def write_shard(
+    storage: Storage,
+    *,
+    collection_id: bytes,
+    shard_id: bytes,
+    data_key: SecretKey,
+    vectors: np.ndarray,
+    ids_section: bytes,
+    payloads_section: bytes,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+) -> WrittenShard:
+    """Encrypt and durably store one shard; return what the manifest records."""
+    rows, dimension = vectors.shape
+    vector_bytes = memoryview(np.ascontiguousarray(vectors, dtype="<f4")).cast("B")
+    writer = SealedWriter(
+        kind=KIND_SHARD,
+        root_key=data_key.material(),
+        collection_id=collection_id,
+        object_id=shard_id,
+        dimension=dimension,
+        dtype=DTYPE_FLOAT32,
+        row_count=rows,
+        sections=[
+            (SECTION_VECTORS, vector_bytes.nbytes, vector_segment_size(dimension, segment_size)),
+            (SECTION_IDS, len(ids_section), segment_size),
+            (SECTION_PAYLOADS, len(payloads_section), segment_size),
+        ],
+    )
+
+    def chunks() -> Iterator[bytes]:
+        yield writer.header_bytes()
+        yield from writer.seal_section(SECTION_VECTORS, vector_bytes)
+        yield from writer.seal_section(SECTION_IDS, ids_section)
+        yield from writer.seal_section(SECTION_PAYLOADS, payloads_section)
+
+    storage.put(shard_object_name(shard_id), chunks(), create_only=True)
+    header_sha256 = hashlib.sha256(writer.header_bytes()).hexdigest()
+    return WrittenShard(shard_id, rows, header_sha256, writer.total_size)
+
+
+def read_header(stream, object_size: int) -> Header:
+    """Read and parse a shard header from the start of ``stream``."""
+    if object_size < _HEADER_LEN_OFFSET + 4:
+        raise IntegrityError("shard is truncated (shorter than its header)")
+    first = bytearray(_HEADER_LEN_OFFSET + 4)
+    read_exact(stream, memoryview(first))
+    (header_len,) = _HEADER_LEN_FIELD.unpack_from(first, _HEADER_LEN_OFFSET)
+    if not len(first) <= header_len <= min(MAX_HEADER_SIZE, object_size):
+        raise IntegrityError("shard header length is out of range or truncated")
+    rest = bytearray(header_len - len(first))
+    read_exact(stream, memoryview(rest))
+    return parse_header(bytes(first + rest), expected_kind=KIND_SHARD)
+
+
+class LoadedShard:
+    """One shard decrypted into locked memory.
+
+    ``holders`` counts the collection states that use it; the collection releases
+    the memory when the last one lets go.
+    """
+
+    def __init__(
+        self,
+        shard_id: bytes,
+        rows: int,
+        dimension: int,
+        vectors: _core.SecureBuffer,
+        ids: _core.SecureBuffer,
+        payloads: _core.SecureBuffer,
+    ) -> None:
+        self.shard_id = shard_id
+        self.rows = rows
+        self.dimension = dimension
+        self.vectors = vectors
+        self.ids = ids
+        self.payloads = payloads
+        self.holders = 0
+        self._lock = threading.Lock()
+        self.ids_offsets, self.ids_data = _split_strings(ids, rows, "ids")
+        self.payload_offsets, self.payload_data = _split_strings(payloads, rows, "payloads")
+
+    @property
+    def nbytes(self) -> int:
+        return self.vectors.nbytes + self.ids.nbytes + self.payloads.nbytes
+
+    def vector_array(self) -> np.ndarray:
+        """A read-only numpy view of the vectors (no copy)."""
+        return np.frombuffer(self.vectors, dtype="<f4").reshape(self.rows, self.dimension)
+
+    def payload(self, row: int) -> dict:
+        offsets = np.frombuffer(self.payload_offsets, dtype="<u8")
+        start, end = int(offsets[row]), int(offsets[row + 1])
+        try:
+            return json.loads(bytes(self.payload_data[start:end]).decode("utf-8"))
+        except ValueError:
+            raise IntegrityError("a shard payload is not valid JSON") from None
+
+    def release(self) -> None:
+        """Zero and unlock the shard's memory (deferred while views are in use)."""
+        with self._lock:
+            for view in (self.ids_offsets, self.ids_data, self.payload_offsets, self.payload_data):
+                view.release()
+            for buffer in (self.vectors, self.ids, self.payloads):
+                buffer.release()
+
+
+def _split_strings(
+    buffer: _core.SecureBuffer, rows: int, what: str
+) -> tuple[memoryview, memoryview]:
+    """Check an offsets+values section and return views of its two parts."""
+    table_bytes = 8 * (rows + 1)
+    if buffer.nbytes < table_bytes:
+        raise IntegrityError(f"shard {what} section is shorter than its offsets table")
+    view = memoryview(buffer)
+    offsets = np.frombuffer(view[:table_bytes], dtype="<u8")
+    data_len = buffer.nbytes - table_bytes
+    if offsets[0] != 0 or offsets[-1] != data_len or np.any(np.diff(offsets.astype(np.int64)) < 0):
+        del offsets
+        view.release()
+        raise IntegrityError(f"shard {what} section has inconsistent offsets")
+    del offsets
+    offsets_view, data_view = view[:table_bytes], view[table_bytes:]
+    view.release()
+    return offsets_view, data_view
+
+
+def load_shard(
+    storage: Storage,
+    *,
+    collection_id: bytes,
+    shard_id: bytes,
+    dimension: int,
+    rows: int,
+    header_sha256: str,
+    size: int,
+    data_key: SecretKey,
+    memory_lock: str = "required",
+) -> LoadedShard:
+    """Authenticate a shard and decrypt it into locked memory.
+
+    Every check runs before any plaintext is exposed: object size, header checksum,
+    header digest recorded in the manifest, collection and shard ids, key
+    commitment; then each segment's GCM tag as it is decrypted.
+    """
+    name = shard_object_name(shard_id)
+    actual_size = storage.size(name)
+    if actual_size != size:
+        raise IntegrityError(f"shard {shard_id.hex()} has {actual_size} bytes, expected {size}")
+    buffers: list[_core.SecureBuffer] = []
+    with storage.open(name) as stream:
+        header = read_header(stream, actual_size)
+        if hashlib.sha256(header.raw).hexdigest() != header_sha256:
+            raise IntegrityError(f"shard {shard_id.hex()} is not the shard the manifest names")
+        if header.collection_id != collection_id or header.object_id != shard_id:
+            raise IntegrityError(f"shard {shard_id.hex()} belongs to another collection or slot")
+        if header.dimension != dimension or header.row_count != rows or header.dtype != DTYPE_FLOAT32:
+            raise IntegrityError(f"shard {shard_id.hex()} header disagrees with the manifest")
+        if header.total_size != actual_size:
+            raise IntegrityError(f"shard {shard_id.hex()} is truncated or has trailing bytes")
+        if [s.section_id for s in header.sections] != [
+            SECTION_VECTORS,
+            SECTION_IDS,
+            SECTION_PAYLOADS,
+        ] or header.section(SECTION_VECTORS).plain_len != 4 * rows * dimension:
+            raise IntegrityError(f"shard {shard_id.hex()} has an unexpected section table")
+        segment_key = verify_commitment(header, data_key.material())
+
+        # Decrypt each section straight into its own locked buffer.
+        try:
+            scratch = bytearray()
+            for entry in header.sections:
+                buffer = _core.SecureBuffer(entry.plain_len, memory_lock)
+                buffers.append(buffer)
+                with memoryview(buffer) as out:
+                    decrypt_section_into(
+                        stream, header, segment_key, entry.section_id, out, scratch
+                    )
+                buffer.seal()
+            return LoadedShard(shard_id, rows, dimension, *buffers)
+        except BaseException:
+            for buffer in buffers:
+                buffer.release()
+            raise

@@ -1,0 +1,104 @@
+"""Integrity check of a whole store without keeping or printing any plaintext."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from sealvec.errors import CollectionNotFoundError, IntegrityError
+from sealvec.keys import KeyProvider, LocalKeyring, SecretKey, unwrap_data_key
+from sealvec.manifest import (
+    MANIFEST_PREFIX,
+    manifest_name,
+    open_manifest,
+    parse_manifest_name,
+)
+from sealvec.shard import load_shard, shard_object_name
+from sealvec.storage import LocalDirectory, Storage
+
+
+def verify_store(
+    location: str | os.PathLike[str] | Storage,
+    *,
+    key_provider: KeyProvider | None = None,
+    memory_lock: str = "required",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Authenticate every retained manifest and every shard of the newest one.
+
+    Each shard is decrypted into locked memory one at a time and released at once.
+    Raises IntegrityError on the first failure; returns counts otherwise.
+    """
+    storage = location if isinstance(location, Storage) else LocalDirectory(location)
+    provider = key_provider or LocalKeyring()
+    generations = sorted(
+        g for g in map(parse_manifest_name, storage.list(MANIFEST_PREFIX)) if g is not None
+    )
+    if not storage.exists() or not generations:
+        raise CollectionNotFoundError(f"no collection at {storage.location}")
+
+    # Every retained manifest must authenticate and belong to the same collection.
+    cached: tuple[str, bytes, SecretKey] | None = None
+    referenced: set[str] = set()
+    collection_id = None
+    opened = None
+    try:
+        for generation in generations:
+            name = manifest_name(generation)
+            opened = open_manifest(
+                storage.get(name),
+                name=name,
+                provider=provider,
+                cached_key=cached,
+                memory_lock=memory_lock,
+            )
+            if opened.unwrapped_now:
+                if cached is not None:
+                    cached[2].close()
+                cached = (opened.key_id, opened.wrapped_collection_key, opened.collection_key)
+            if collection_id is None:
+                collection_id = opened.manifest.collection_id
+            elif opened.manifest.collection_id != collection_id:
+                raise IntegrityError(f"manifest {name} belongs to another collection")
+            referenced.update(shard_object_name(s.shard_id) for s in opened.manifest.shards)
+
+        # Decrypt every shard of the newest generation, one at a time.
+        assert opened is not None and cached is not None
+        manifest = opened.manifest
+        rows = 0
+        total = len(manifest.shards)
+        for done, entry in enumerate(manifest.shards, start=1):
+            data_key = unwrap_data_key(cached[2], entry.wrapped_data_key, memory_lock)
+            try:
+                shard = load_shard(
+                    storage,
+                    collection_id=manifest.collection_id,
+                    shard_id=entry.shard_id,
+                    dimension=manifest.dimension,
+                    rows=entry.rows,
+                    header_sha256=entry.header_sha256,
+                    size=entry.size,
+                    data_key=data_key,
+                    memory_lock=memory_lock,
+                )
+                shard.release()
+            finally:
+                data_key.close()
+            rows += entry.rows
+            if on_progress:
+                on_progress(done, total)
+    finally:
+        if cached is not None:
+            cached[2].close()
+
+    unreferenced = sorted(set(storage.list("shards/")) - referenced)
+    return {
+        "location": storage.location,
+        "generation": generations[-1],
+        "manifests_checked": len(generations),
+        "shards_checked": len(manifest.shards),
+        "rows": rows,
+        "live_rows": manifest.live_rows,
+        "unreferenced": unreferenced,
+    }
