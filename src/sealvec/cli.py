@@ -397,23 +397,27 @@ def verify(settings: _Settings, store, as_json) -> None:
         )
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
-        err.print("interrupted")
+        click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
     except SealvecError as error:
-        err.print(f"error: {error}", markup=False, highlight=False)
+        click.echo(f"error: {_one_line(error)}", err=True)
         sys.exit(_exit_code(error))
     except KeyboardInterrupt:
-        err.print("interrupted")
+        click.echo("interrupted", err=True)
         sys.exit(130)
     except OSError as error:
-        err.print(f"error: {error}", markup=False, highlight=False)
+        click.echo(f"error: {_one_line(error)}", err=True)
         sys.exit(1)
 
 

@@ -1,0 +1,5 @@
+"""``python -m sealvec`` runs the command line."""
+
+from sealvec.cli import main
+
+main()

@@ -1,0 +1,122 @@
+"""The command line, run as a real process, on the real corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CORPUS_DIR
+
+JSONL = CORPUS_DIR / "stdlib-docs.jsonl"
+VECTORS = CORPUS_DIR / "stdlib-docs.minilm.npy"
+
+
+def sealvec(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "sealvec", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}: {result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("cli")
+    store = root / "store"
+    os.environ["SEALVEC_KEYRING"] = str(root / "keyring.json")
+    result = sealvec(
+        "ingest", str(store), str(JSONL), "--vectors", str(VECTORS),
+        "--model", "local:all-MiniLM-L6-v2", "--json",
+    )
+    return store, json.loads(result.stdout)
+
+
+@pytest.fixture(autouse=True)
+def _module_keyring(ingested, monkeypatch):
+    monkeypatch.setenv("SEALVEC_KEYRING", str(ingested[0].parent / "keyring.json"))
+
+
+def test_ingest_stats_and_rerun_skips(ingested):
+    store, report = ingested
+    assert report["added"] == 3390 and report["records"] == 3390
+    again = json.loads(
+        sealvec("ingest", str(store), str(JSONL), "--vectors", str(VECTORS), "--json").stdout
+    )
+    assert again["added"] == 0 and again["skipped"] == 3390
+    stats = json.loads(sealvec("stats", str(store), "--json").stdout)
+    assert stats["records"] == 3390 and stats["dimension"] == 384
+
+
+def test_query_by_vector_matches_exact_search(ingested, tmp_path):
+    store, _ = ingested
+    vectors = np.load(VECTORS)
+    records = [json.loads(line) for line in JSONL.read_text().splitlines()]
+    query = vectors[123]
+    np.save(tmp_path / "q.npy", query)
+    hits = json.loads(
+        sealvec("query", str(store), "--vector", str(tmp_path / "q.npy"), "-k", "10", "--json").stdout
+    )[0]
+    scores = vectors @ query / np.linalg.norm(vectors, axis=1) / np.linalg.norm(query)
+    order = sorted(range(len(records)), key=lambda i: (-scores[i], records[i]["id"].encode()))
+    assert [h["id"] for h in hits] == [records[i]["id"] for i in order[:10]]
+    assert hits[0]["metadata"]["module"] == records[123]["module"]
+
+
+def test_query_by_text_with_the_local_embedder(ingested):
+    pytest.importorskip("sentence_transformers")
+    store, _ = ingested
+    hits = json.loads(
+        sealvec("query", str(store), "read rows from a comma separated values file", "-k", "5", "--json").stdout
+    )[0]
+    assert "csv" in [h["metadata"]["module"] for h in hits]
+
+
+def test_verify_passes_and_prints_no_plaintext(ingested):
+    store, _ = ingested
+    result = sealvec("verify", str(store), "--json")
+    report = json.loads(result.stdout)
+    assert report["shards_checked"] == 7 and report["rows"] == 3390
+    assert "csv" not in result.stdout + result.stderr
+
+
+def test_errors_are_one_line_with_meaningful_exit_codes(ingested, tmp_path):
+    store, _ = ingested
+    missing = sealvec("stats", str(tmp_path / "nope"), check=False)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+    assert "no collection" in missing.stderr and "Traceback" not in missing.stderr
+
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.ones(384, dtype=np.float64))
+    wrong = sealvec("query", str(store), "--vector", str(bad), check=False)
+    assert wrong.returncode == 2 and "float32" in wrong.stderr and "Traceback" not in wrong.stderr
+
+    copy = tmp_path / "tampered"
+    subprocess.run(["cp", "-r", str(store), str(copy)], check=True)
+    shard = sorted((copy / "shards").iterdir())[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    tampered = sealvec("verify", str(copy), check=False)
+    assert tampered.returncode == 3 and "failed authentication" in tampered.stderr
+    assert tampered.stderr.count("\n") == 1
+
+    other_keyring = sealvec("--keyring", str(tmp_path / "none.json"), "stats", str(store), check=False)
+    assert other_keyring.returncode == 4 and "does not exist" in other_keyring.stderr
+
+
+def test_init_then_ingest_dimension_mismatch(tmp_path):
+    store = tmp_path / "s"
+    sealvec("init", str(store), "--dim", "8")
+    result = sealvec("ingest", str(store), str(JSONL), "--vectors", str(VECTORS), check=False)
+    assert result.returncode == 2 and "dimension 8" in result.stderr
