@@ -56,7 +56,9 @@ from sealvec.shard import (
     LoadedShard,
     encode_payload,
     encode_strings,
+    gather_rows,
     load_shard,
+    secure_copy,
     shard_object_name,
     write_shard,
 )
@@ -572,35 +574,60 @@ class Collection:
         documents: list[str | None],
         metadata: list[dict[str, Any]],
     ) -> tuple[ShardEntry, LoadedShard]:
-        """Seal a batch into a new shard and copy its plaintext into locked memory."""
+        """Copy a caller's batch into locked memory, then seal it as a new shard."""
+        buffers = []
+        try:
+            buffers.append(secure_copy(vectors, self._memory_lock))
+            buffers.append(
+                secure_copy(encode_strings([i.encode("utf-8") for i in ids]), self._memory_lock)
+            )
+            buffers.append(
+                secure_copy(
+                    encode_strings([encode_payload(d, m) for d, m in zip(documents, metadata)]),
+                    self._memory_lock,
+                )
+            )
+        except BaseException:
+            for buffer in buffers:
+                buffer.release()
+            raise
+        return self._seal_shard(state, len(ids), *buffers)
+
+    def _seal_shard(
+        self,
+        state: _State,
+        rows: int,
+        vectors: _core.SecureBuffer,
+        ids: _core.SecureBuffer,
+        payloads: _core.SecureBuffer,
+    ) -> tuple[ShardEntry, LoadedShard]:
+        """Encrypt sections held in locked memory under a fresh DEK; they become the
+        new shard's loaded form (no decrypt round trip)."""
         manifest = state.manifest
         shard_id = os.urandom(16)
-        ids_section = encode_strings([i.encode("utf-8") for i in ids])
-        payloads_section = encode_strings(
-            [encode_payload(d, m) for d, m in zip(documents, metadata)]
-        )
-        data_key = SecretKey.generate(self._memory_lock)
         try:
-            written = write_shard(
-                self._storage,
-                collection_id=manifest.collection_id,
-                shard_id=shard_id,
-                data_key=data_key,
-                vectors=vectors,
-                ids_section=ids_section,
-                payloads_section=payloads_section,
-            )
-            wrapped = wrap_data_key(self._collection_key, data_key)
-        finally:
-            data_key.close()
-        loaded = _shard_from_plaintext(
-            shard_id,
-            vectors,
-            ids_section,
-            payloads_section,
-            self._memory_lock,
-        )
-        entry = ShardEntry(shard_id, written.rows, wrapped, written.header_sha256, written.size)
+            data_key = SecretKey.generate(self._memory_lock)
+            try:
+                written = write_shard(
+                    self._storage,
+                    collection_id=manifest.collection_id,
+                    shard_id=shard_id,
+                    data_key=data_key,
+                    rows=rows,
+                    dimension=manifest.dimension,
+                    vectors=vectors,
+                    ids=ids,
+                    payloads=payloads,
+                )
+                wrapped = wrap_data_key(self._collection_key, data_key)
+            finally:
+                data_key.close()
+            loaded = LoadedShard(shard_id, rows, manifest.dimension, vectors, ids, payloads)
+        except BaseException:
+            for buffer in (vectors, ids, payloads):
+                buffer.release()
+            raise
+        entry = ShardEntry(shard_id, rows, wrapped, written.header_sha256, written.size)
         return entry, loaded
 
     def _prepare_batch(
@@ -786,29 +813,6 @@ def _with_deleted_rows(state: _State, rows: np.ndarray) -> list[ShardEntry]:
             deleted,
         )
     return entries
-
-
-def _shard_from_plaintext(
-    shard_id: bytes,
-    vectors: np.ndarray,
-    ids_section: bytes,
-    payloads_section: bytes,
-    memory_lock: str,
-) -> LoadedShard:
-    """A loaded shard built from the plaintext just sealed (no decrypt round trip)."""
-    buffers = []
-    try:
-        for data in (memoryview(vectors).cast("B"), ids_section, payloads_section):
-            buffer = _core.SecureBuffer(len(data), memory_lock)
-            buffers.append(buffer)
-            if len(data):
-                memoryview(buffer)[:] = data
-            buffer.seal()
-        return LoadedShard(shard_id, vectors.shape[0], vectors.shape[1], *buffers)
-    except BaseException:
-        for buffer in buffers:
-            buffer.release()
-        raise
 
 
 def collection_exists(location: str | os.PathLike[str] | Storage) -> bool:

@@ -85,20 +85,37 @@ class WrittenShard:
     size: int
 
 
+def secure_copy(data, memory_lock: str) -> _core.SecureBuffer:
+    """A sealed SecureBuffer holding a copy of ``data`` (any bytes-like object)."""
+    view = memoryview(data).cast("B")
+    buffer = _core.SecureBuffer(view.nbytes, memory_lock)
+    try:
+        if view.nbytes:
+            with memoryview(buffer) as out:
+                out[:] = view
+        buffer.seal()
+    except BaseException:
+        buffer.release()
+        raise
+    return buffer
+
+
 def write_shard(
     storage: Storage,
     *,
     collection_id: bytes,
     shard_id: bytes,
     data_key: SecretKey,
-    vectors: np.ndarray,
-    ids_section: bytes,
-    payloads_section: bytes,
+    rows: int,
+    dimension: int,
+    vectors: _core.SecureBuffer,
+    ids: _core.SecureBuffer,
+    payloads: _core.SecureBuffer,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
 ) -> WrittenShard:
-    """Encrypt and durably store one shard; return what the manifest records."""
-    rows, dimension = vectors.shape
-    vector_bytes = memoryview(np.ascontiguousarray(vectors, dtype="<f4")).cast("B")
+    """Encrypt a shard from its sections in locked memory and store it durably."""
+    if vectors.nbytes != 4 * rows * dimension:
+        raise ValueError("vectors section does not hold rows x dimension float32")
     writer = SealedWriter(
         kind=KIND_SHARD,
         root_key=data_key.material(),
@@ -108,21 +125,97 @@ def write_shard(
         dtype=DTYPE_FLOAT32,
         row_count=rows,
         sections=[
-            (SECTION_VECTORS, vector_bytes.nbytes, vector_segment_size(dimension, segment_size)),
-            (SECTION_IDS, len(ids_section), segment_size),
-            (SECTION_PAYLOADS, len(payloads_section), segment_size),
+            (SECTION_VECTORS, vectors.nbytes, vector_segment_size(dimension, segment_size)),
+            (SECTION_IDS, ids.nbytes, segment_size),
+            (SECTION_PAYLOADS, payloads.nbytes, segment_size),
         ],
     )
 
     def chunks() -> Iterator[bytes]:
         yield writer.header_bytes()
-        yield from writer.seal_section(SECTION_VECTORS, vector_bytes)
-        yield from writer.seal_section(SECTION_IDS, ids_section)
-        yield from writer.seal_section(SECTION_PAYLOADS, payloads_section)
+        for section_id, buffer in (
+            (SECTION_VECTORS, vectors),
+            (SECTION_IDS, ids),
+            (SECTION_PAYLOADS, payloads),
+        ):
+            with memoryview(buffer) as view:
+                yield from writer.seal_section(section_id, view)
 
     storage.put(shard_object_name(shard_id), chunks(), create_only=True)
     header_sha256 = hashlib.sha256(writer.header_bytes()).hexdigest()
     return WrittenShard(shard_id, rows, header_sha256, writer.total_size)
+
+
+def gather_rows(
+    selections: Sequence[tuple[LoadedShard, np.ndarray]], dimension: int, memory_lock: str
+) -> tuple[int, _core.SecureBuffer, _core.SecureBuffer, _core.SecureBuffer]:
+    """Copy selected rows of loaded shards into new sections, locked memory to locked
+    memory, without making Python objects of their contents.
+
+    Returns (rows, vectors, ids, payloads) buffers, sealed.
+    """
+    rows = int(sum(len(selected) for _, selected in selections))
+    buffers: list[_core.SecureBuffer] = []
+    try:
+        vectors = _core.SecureBuffer(4 * rows * dimension, memory_lock)
+        buffers.append(vectors)
+        if rows:
+            with memoryview(vectors) as out:
+                target = np.frombuffer(out, dtype="<f4").reshape(rows, dimension)
+                position = 0
+                for shard, selected in selections:
+                    source = shard.vector_array()
+                    target[position : position + len(selected)] = source[selected]
+                    position += len(selected)
+                    del source
+                del target
+        vectors.seal()
+        for which in ("ids", "payloads"):
+            buffers.append(_gather_strings(selections, rows, which, memory_lock))
+    except BaseException:
+        for buffer in buffers:
+            buffer.release()
+        raise
+    return rows, buffers[0], buffers[1], buffers[2]
+
+
+def _gather_strings(
+    selections: Sequence[tuple[LoadedShard, np.ndarray]],
+    rows: int,
+    which: str,
+    memory_lock: str,
+) -> _core.SecureBuffer:
+    sources = []
+    lengths = []
+    for shard, selected in selections:
+        offsets_view, data_view = (
+            (shard.ids_offsets, shard.ids_data)
+            if which == "ids"
+            else (shard.payload_offsets, shard.payload_data)
+        )
+        offsets = np.frombuffer(offsets_view, dtype="<u8")
+        starts, ends = offsets[selected], offsets[np.asarray(selected) + 1]
+        sources.append((data_view, starts, ends))
+        lengths.append(ends - starts)
+        del offsets
+    all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype="<u8")
+    table = np.zeros(rows + 1, dtype="<u8")
+    np.cumsum(all_lengths, out=table[1:])
+    table_bytes = 8 * (rows + 1)
+    buffer = _core.SecureBuffer(table_bytes + int(table[-1]), memory_lock)
+    try:
+        with memoryview(buffer) as out:
+            out[:table_bytes] = table.tobytes()
+            position = table_bytes
+            for data_view, starts, ends in sources:
+                for start, end in zip(starts.tolist(), ends.tolist()):
+                    out[position : position + end - start] = data_view[start:end]
+                    position += end - start
+        buffer.seal()
+    except BaseException:
+        buffer.release()
+        raise
+    return buffer
 
 
 def read_header(stream, object_size: int) -> Header:
