@@ -14,10 +14,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from sealvec.errors import (
     CollectionNotFoundError,
     ConflictError,
     IntegrityError,
+    SealvecError,
     StorageError,
     ValidationError,
 )
@@ -59,6 +60,7 @@ from sealvec.shard import (
     gather_rows,
     load_shard,
     secure_copy,
+    SHARD_PREFIX,
     shard_object_name,
     write_shard,
 )
@@ -96,9 +98,12 @@ class Hit:
 class SearchResults(Sequence[list[Hit]]):
     """Results of a query batch: one list of hits per query, best first."""
 
-    def __init__(self, ids: list[list[str]], scores: np.ndarray, hits: list[list[Hit]]):
+    def __init__(
+        self, ids: list[list[str]], scores: np.ndarray, hits: list[list[Hit]], generation: int
+    ):
         self.ids = ids
         self.scores = scores
+        self.generation = generation  # the committed generation these results come from
         self._hits = hits
 
     def __getitem__(self, index):  # type: ignore[override]
@@ -117,6 +122,25 @@ class Record:
     vector: np.ndarray | None
     document: str | None
     metadata: dict[str, Any] | None
+
+
+@dataclass
+class _Change:
+    """What a write makes of the newest state: the next live shard list, the shards
+    it sealed (already loaded), and optionally a new collection-key wrapping."""
+
+    shards: list[ShardEntry]
+    loaded: dict[bytes, LoadedShard] = field(default_factory=dict)
+    key: tuple[str, bytes, SecretKey] | None = None
+    forget_history: bool = False
+
+    def abandon(self, storage: Storage) -> None:
+        """Undo a change whose manifest did not commit."""
+        for shard in self.loaded.values():
+            shard.release()
+            storage.delete(shard_object_name(shard.shard_id))
+        if self.key is not None:
+            self.key[2].close()
 
 
 class _State:
@@ -171,7 +195,9 @@ def _check_memory_lock(memory_lock: str) -> None:
 
 
 def _latest_generation(storage: Storage) -> int | None:
-    generations = [g for g in map(parse_manifest_name, storage.list(MANIFEST_PREFIX)) if g]
+    generations = [
+        g for g in map(parse_manifest_name, storage.list(MANIFEST_PREFIX)) if g is not None
+    ]
     return max(generations) if generations else None
 
 
@@ -202,6 +228,8 @@ class Collection:
         self._state_lock = threading.Lock()
         self._closed = False
         self._seen_generation = opened.manifest.generation
+        self._refresher: tuple[threading.Event, threading.Thread] | None = None
+        self.last_refresh_error: SealvecError | None = None
         self._state: _State = self._build_state(opened.manifest, {})
 
     # ------------------------------------------------------------------ lifecycle
@@ -274,8 +302,13 @@ class Collection:
         key_provider: KeyProvider | None = None,
         memory_lock: str = "required",
         threads: int = 0,
+        refresh_interval: float | None = None,
     ) -> Collection:
-        """Open the newest committed generation: one key-provider call in all."""
+        """Open the newest committed generation: one key-provider call in all.
+
+        With ``refresh_interval`` (seconds) a background thread picks up generations
+        that other writers commit.
+        """
         _check_memory_lock(memory_lock)
         storage = _as_storage(location)
         provider = key_provider or LocalKeyring()
@@ -290,13 +323,17 @@ class Collection:
             storage.get(name), name=name, provider=provider, memory_lock=memory_lock
         )
         try:
-            return cls(storage, provider, opened, memory_lock=memory_lock, threads=threads)
+            collection = cls(storage, provider, opened, memory_lock=memory_lock, threads=threads)
         except BaseException:
             opened.collection_key.close()
             raise
+        if refresh_interval is not None:
+            collection.start_auto_refresh(refresh_interval)
+        return collection
 
     def close(self) -> None:
         """Zero and unlock every key and vector this collection holds. Idempotent."""
+        self.stop_auto_refresh()
         with self._write_lock, self._state_lock:
             if self._closed:
                 return
@@ -520,36 +557,41 @@ class Collection:
 
     # ------------------------------------------------------------------ writes
 
-    def _commit(self, mutate) -> Manifest:
-        """Run ``mutate(state) -> (shards, loaded)`` and commit the next generation.
+    def _commit(self, mutate: Callable[[_State], _Change]) -> Manifest:
+        """Run ``mutate`` on the newest state and commit the next generation.
 
-        Holds the store's writer lock; catches up with other writers first. A lost
-        create-only race (a backend without locks) retries on the newer state.
+        Holds the store's writer lock and catches up with other writers first. A
+        lost create-only race (a backend without locks) retries on the newer state.
+        After the commit: manifests past retention are pruned, then shards that no
+        retained manifest names any more are deleted.
         """
         with self._write_lock, self._storage.writer_lock():
             for attempt in range(_COMMIT_ATTEMPTS):
                 self._refresh_locked()
                 state = self._state
-                shards, loaded = mutate(state)
-                manifest = state.manifest.next(tuple(shards))
-                raw = seal_manifest(
-                    manifest, self._collection_key, self._key_id, self._wrapped_collection_key
+                change = mutate(state)
+                manifest, collectable = self._next_manifest(state.manifest, change)
+                key_id, wrapped, collection_key = change.key or (
+                    self._key_id,
+                    self._wrapped_collection_key,
+                    self._collection_key,
                 )
+                raw = seal_manifest(manifest, collection_key, key_id, wrapped)
                 try:
                     self._storage.put(manifest_name(manifest.generation), [raw], create_only=True)
-                except ConflictError:
-                    for shard in loaded.values():
-                        shard.release()
-                        self._storage.delete(shard_object_name(shard.shard_id))
-                    if attempt == _COMMIT_ATTEMPTS - 1:
-                        raise
-                    continue
-                except BaseException:
-                    for shard in loaded.values():
-                        shard.release()
+                except BaseException as error:
+                    change.abandon(self._storage)
+                    if isinstance(error, ConflictError) and attempt < _COMMIT_ATTEMPTS - 1:
+                        continue
                     raise
-                self._install(self._build_state(manifest, loaded))
-                self._prune_manifests(manifest)
+                if change.key is not None:
+                    old_key = self._collection_key
+                    self._key_id, self._wrapped_collection_key = key_id, wrapped
+                    self._collection_key = collection_key
+                    if old_key is not collection_key:
+                        old_key.close()
+                self._install(self._build_state(manifest, change.loaded))
+                self._collect_garbage(manifest, collectable, forget_history=change.forget_history)
                 logger.info(
                     "committed generation %d (%d shards, %d live rows)",
                     manifest.generation,
@@ -557,14 +599,52 @@ class Collection:
                     manifest.live_rows,
                 )
                 return manifest
-        raise AssertionError("unreachable")
+        raise ConflictError("could not commit: other writers kept committing first")
 
-    def _prune_manifests(self, manifest: Manifest) -> None:
+    def _next_manifest(self, current: Manifest, change: _Change) -> tuple[Manifest, set[bytes]]:
+        """The next generation's manifest, and the shard ids it lets go of for good."""
+        generation = current.generation + 1
+        retain = int(current.settings.get("retain_generations", DEFAULT_RETAIN_GENERATIONS))
+        oldest_kept = generation if change.forget_history else max(1, generation - retain + 1)
+        live = {e.shard_id for e in change.shards}
+        dropped = {e.shard_id for e in current.shards} - live
+        retired = []
+        collectable = set()
+        # A shard dropped at generation g is named only by manifests older than g.
+        for shard_id, dropped_at in current.retired:
+            if dropped_at > oldest_kept:
+                retired.append((shard_id, dropped_at))
+            else:
+                collectable.add(shard_id)
+        if oldest_kept < generation:
+            retired.extend((shard_id, generation) for shard_id in sorted(dropped))
+        else:
+            collectable |= dropped
+        return current.next(tuple(change.shards), tuple(retired)), collectable
+
+    def _collect_garbage(
+        self, manifest: Manifest, collectable: set[bytes], *, forget_history: bool
+    ) -> None:
+        """Delete pruned manifests, released shards and leftovers of crashed writers.
+
+        Runs under the writer lock, so no other writer has uncommitted shards.
+        """
         retain = int(manifest.settings.get("retain_generations", DEFAULT_RETAIN_GENERATIONS))
+        oldest_kept = manifest.generation if forget_history else manifest.generation - retain + 1
         for name in self._storage.list(MANIFEST_PREFIX):
             generation = parse_manifest_name(name)
-            if generation is not None and generation <= manifest.generation - retain:
+            if generation is not None and generation < oldest_kept:
                 self._storage.delete(name)
+        for shard_id in collectable:
+            self._storage.delete(shard_object_name(shard_id))
+        named = {shard_object_name(e.shard_id) for e in manifest.shards} | {
+            shard_object_name(shard_id) for shard_id, _ in manifest.retired
+        }
+        for name in self._storage.list(SHARD_PREFIX):
+            if name not in named:
+                logger.info("deleting unreferenced object %s", name)
+                self._storage.delete(name)
+        self._storage.remove_temporary()
 
     def _write_new_shard(
         self,
@@ -666,7 +746,7 @@ class Collection:
                     "use upsert to replace them. Nothing was added"
                 )
             entry, loaded = self._write_new_shard(state, ids, vectors, documents, metadata)
-            return [*state.manifest.shards, entry], {entry.shard_id: loaded}
+            return _Change([*state.manifest.shards, entry], {entry.shard_id: loaded})
 
         self._commit(mutate)
         return len(ids)
@@ -687,7 +767,7 @@ class Collection:
             rows = state.lookup(ids)
             shards = _with_deleted_rows(state, rows[rows >= 0])
             entry, loaded = self._write_new_shard(state, ids, vectors, documents, metadata)
-            return [*shards, entry], {entry.shard_id: loaded}
+            return _Change([*shards, entry], {entry.shard_id: loaded})
 
         self._commit(mutate)
         return len(ids)
@@ -704,13 +784,210 @@ class Collection:
             rows = np.unique(state.lookup(ids))
             rows = rows[rows >= 0]
             removed = len(rows)
-            return _with_deleted_rows(state, rows), {}
+            return _Change(_with_deleted_rows(state, rows))
 
         with self._snapshot() as state:
             if not (state.lookup(ids) >= 0).any():
                 return 0
         self._commit(mutate)
         return removed
+
+    def forget(self, ids: Sequence[str]) -> int:
+        """Remove records so that no copy of an old file can give them back.
+
+        Every shard holding any version of these ids (live, deleted or replaced) is
+        rewritten without them under a fresh data key; the old shards are deleted,
+        and so are all older manifest generations, which held the old wrapped data
+        keys. A copy of an old shard then decrypts under nothing the store or the
+        keyring holds. (A copy of an old *manifest* still opens with the key-
+        encryption key that wrapped it: rotate the KEK and remove the old version
+        to shred those too.) Returns how many of the ids were found.
+        """
+        ids = check_ids(ids)
+        found = 0
+
+        def mutate(state: _State) -> _Change:
+            nonlocal found
+            rows = _all_rows(state, ids)
+            found = len(set(state.id_table.ids_at(rows))) if len(rows) else 0
+            doomed: dict[int, set[int]] = {}
+            for row in rows.tolist():
+                index = int(np.searchsorted(state.row_starts, row, side="right")) - 1
+                doomed.setdefault(index, set()).add(row - int(state.row_starts[index]))
+            change = _Change(list(state.manifest.shards), forget_history=True)
+            try:
+                for index in sorted(doomed, reverse=True):
+                    entry = state.manifest.shards[index]
+                    keep = np.array(
+                        sorted(set(range(entry.rows)) - doomed[index] - set(entry.deleted)),
+                        dtype=np.int64,
+                    )
+                    if len(keep):
+                        new_entry, loaded = self._rewrite(state, [(index, keep)])
+                        change.shards[index] = new_entry
+                        change.loaded[new_entry.shard_id] = loaded
+                    else:
+                        del change.shards[index]
+            except BaseException:
+                change.abandon(self._storage)
+                raise
+            return change
+
+        with self._snapshot() as state:
+            if not len(_all_rows(state, ids)):
+                return 0
+        self._commit(mutate)
+        logger.info("forgot %d ids", found)
+        return found
+
+    def compact(self, *, target_rows: int = 65_536) -> dict[str, int]:
+        """Merge small shards and drop deleted rows, writing shards of up to
+        ``target_rows`` rows under fresh data keys. Returns counts."""
+        if isinstance(target_rows, bool) or not isinstance(target_rows, int) or target_rows < 1:
+            raise ValidationError(f"target_rows must be a positive int, got {target_rows!r}")
+        report = {"shards_before": 0, "shards_after": 0, "rows_dropped": 0}
+
+        def mutate(state: _State) -> _Change:
+            entries = state.manifest.shards
+            report["shards_before"] = len(entries)
+            chosen = [
+                i for i, e in enumerate(entries) if e.deleted or e.rows < target_rows // 2
+            ]
+            if len(chosen) == 1 and not entries[chosen[0]].deleted:
+                chosen = []
+            kept = [e for i, e in enumerate(entries) if i not in set(chosen)]
+            change = _Change(kept)
+            pending: list[tuple[int, np.ndarray]] = []
+            pending_rows = 0
+            try:
+                for index in chosen:
+                    entry = entries[index]
+                    report["rows_dropped"] += len(entry.deleted)
+                    live = np.setdiff1d(
+                        np.arange(entry.rows, dtype=np.int64),
+                        np.asarray(entry.deleted, dtype=np.int64),
+                    )
+                    while len(live):
+                        take = live[: target_rows - pending_rows]
+                        live = live[len(take) :]
+                        pending.append((index, take))
+                        pending_rows += len(take)
+                        if pending_rows == target_rows:
+                            self._flush_rewrite(state, change, pending)
+                            pending, pending_rows = [], 0
+                if pending:
+                    self._flush_rewrite(state, change, pending)
+            except BaseException:
+                change.abandon(self._storage)
+                raise
+            report["shards_after"] = len(change.shards)
+            return change
+
+        self._commit(mutate)
+        logger.info("compacted %(shards_before)d shards into %(shards_after)d", report)
+        return report
+
+    def _flush_rewrite(
+        self, state: _State, change: _Change, pending: list[tuple[int, np.ndarray]]
+    ) -> None:
+        entry, loaded = self._rewrite(state, pending)
+        change.shards.append(entry)
+        change.loaded[entry.shard_id] = loaded
+
+    def _rewrite(
+        self, state: _State, selections: list[tuple[int, np.ndarray]]
+    ) -> tuple[ShardEntry, LoadedShard]:
+        """Seal selected rows of loaded shards as one new shard (fresh data key)."""
+        rows, vectors, ids, payloads = gather_rows(
+            [(state.shards[index], rows) for index, rows in selections],
+            state.manifest.dimension,
+            self._memory_lock,
+        )
+        return self._seal_shard(state, rows, vectors, ids, payloads)
+
+    def rotate_key_encryption_key(self, key_id: str | None = None) -> str:
+        """Re-wrap the collection key under ``key_id`` (default: the current version of
+        the key now in use): one provider call, no data re-encrypted. Returns the new
+        versioned key id. Afterwards the old KEK version may be destroyed."""
+        target = key_id or self._provider.unversioned(self._key_id)
+        new_key_id = ""
+
+        def mutate(state: _State) -> _Change:
+            nonlocal new_key_id
+            new_key_id, wrapped = self._provider.wrap_key(target, self._collection_key.material())
+            return _Change(list(state.manifest.shards), key=(new_key_id, wrapped, self._collection_key))
+
+        self._commit(mutate)
+        logger.info("collection key re-wrapped under %s", new_key_id)
+        return new_key_id
+
+    def rotate_collection_key(self) -> str:
+        """Replace the collection key: every shard's data key is re-wrapped under a new
+        one (shards are not re-encrypted). Returns the versioned KEK id used."""
+        new_key_id = ""
+
+        def mutate(state: _State) -> _Change:
+            nonlocal new_key_id
+            collection_key = SecretKey.generate(self._memory_lock)
+            try:
+                new_key_id, wrapped = self._provider.wrap_key(
+                    self._provider.unversioned(self._key_id), collection_key.material()
+                )
+                shards = []
+                for entry in state.manifest.shards:
+                    data_key = unwrap_data_key(
+                        self._collection_key, entry.wrapped_data_key, self._memory_lock
+                    )
+                    try:
+                        rewrapped = wrap_data_key(collection_key, data_key)
+                    finally:
+                        data_key.close()
+                    shards.append(replace(entry, wrapped_data_key=rewrapped))
+            except BaseException:
+                collection_key.close()
+                raise
+            return _Change(shards, key=(new_key_id, wrapped, collection_key))
+
+        self._commit(mutate)
+        logger.info("collection key rotated (%s)", new_key_id)
+        return new_key_id
+
+    # ------------------------------------------------------------------ background refresh
+
+    def start_auto_refresh(self, interval: float) -> None:
+        """Poll for new generations every ``interval`` seconds in a daemon thread.
+
+        Failures are logged (never contents) and kept in ``last_refresh_error``; the
+        collection keeps serving the generation it has.
+        """
+        if not interval > 0:
+            raise ValidationError(f"interval must be a positive number of seconds, got {interval!r}")
+        self.stop_auto_refresh()
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.refresh()
+                    self.last_refresh_error = None
+                except ClosedError:
+                    return
+                except SealvecError as error:
+                    self.last_refresh_error = error
+                    logger.warning("background refresh failed: %s", type(error).__name__)
+
+        thread = threading.Thread(target=loop, name="sealvec-refresh", daemon=True)
+        self._refresher = (stop, thread)
+        thread.start()
+
+    def stop_auto_refresh(self) -> None:
+        refresher = getattr(self, "_refresher", None)
+        if refresher is not None:
+            stop, thread = refresher
+            stop.set()
+            if thread is not threading.current_thread():
+                thread.join()
+            self._refresher = None
 
     # ------------------------------------------------------------------ reads
 
@@ -760,7 +1037,9 @@ class Collection:
             )
             if state.total_rows == 0 or state.live_rows == 0:
                 empty = np.zeros((len(queries), 0), dtype=np.float32)
-                return SearchResults([[] for _ in queries], empty, [[] for _ in queries])
+                return SearchResults(
+                    [[] for _ in queries], empty, [[] for _ in queries], manifest.generation
+                )
             scores, rows = _core.search(
                 [s.vectors for s in state.shards],
                 manifest.dimension,
@@ -791,7 +1070,21 @@ class Collection:
                             hit.vector = shard.vector_array()[local].copy()
                     query_hits.append(hit)
                 hits.append(query_hits)
-            return SearchResults(ids, scores, hits)
+            return SearchResults(ids, scores, hits, manifest.generation)
+
+
+def _all_rows(state: _State, ids: list[str]) -> np.ndarray:
+    """Every physical row holding any of ``ids``: live, deleted or replaced."""
+    mask = np.ones(state.total_rows, dtype=np.uint8)
+    found: list[np.ndarray] = []
+    while True:
+        rows = state.id_table.lookup(ids, mask)
+        rows = rows[rows >= 0]
+        if not len(rows):
+            break
+        found.append(rows)
+        mask[rows] = 0
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
 
 
 def _with_deleted_rows(state: _State, rows: np.ndarray) -> list[ShardEntry]:

@@ -63,6 +63,10 @@ class KeyProvider(abc.ABC):
         """Whether this provider serves ``key_id``."""
         return True
 
+    def unversioned(self, key_id: str) -> str:
+        """The key id without its version, naming the key's current version."""
+        return key_id
+
 
 class SecretKey:
     """A 256-bit key held in locked memory; ``close()`` zeroes it."""
@@ -150,7 +154,6 @@ class LocalKeyring(KeyProvider):
     def __init__(self, path: str | os.PathLike[str] | None = None, passphrase: str | None = None):
         self.path = Path(path).expanduser() if path else default_keyring_path()
         self._passphrase = passphrase
-        self._keys: dict[str, dict] | None = None
 
     # -- file handling
 
@@ -158,8 +161,8 @@ class LocalKeyring(KeyProvider):
         return self.path.exists()
 
     def _load(self) -> dict[str, dict]:
-        if self._keys is not None:
-            return self._keys
+        """Read the keyring afresh (no copy of its keys is kept between calls, and
+        another process's rotation is seen at once)."""
         try:
             info = self.path.stat()
         except FileNotFoundError:
@@ -180,7 +183,6 @@ class LocalKeyring(KeyProvider):
         keys = document.get("keys")
         if not isinstance(keys, dict):
             raise KeyAccessError(f"keyring {self.path} has no keys table")
-        self._keys = keys
         return keys
 
     def _derive(self, kdf: dict) -> bytes:
@@ -257,7 +259,6 @@ class LocalKeyring(KeyProvider):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        self._keys = keys
 
     # -- key management
 
@@ -310,8 +311,12 @@ class LocalKeyring(KeyProvider):
         return f"{LOCAL_SCHEME}{name}/{version or keys[name]['current']}"
 
     def _material(self, key_id: str) -> tuple[str, bytes]:
-        name, version = parse_local_key_id(self.resolve(key_id))
-        encoded = self._load()[name]["versions"].get(str(version))
+        name, version = parse_local_key_id(key_id)
+        keys = self._load()
+        if name not in keys:
+            raise KeyNotFoundError(f"key {LOCAL_SCHEME}{name} is not in keyring {self.path}")
+        version = version or int(keys[name]["current"])
+        encoded = keys[name]["versions"].get(str(version))
         if encoded is None:
             raise KeyNotFoundError(
                 f"key {LOCAL_SCHEME}{name}/{version} is not in keyring {self.path} "
@@ -323,6 +328,10 @@ class LocalKeyring(KeyProvider):
 
     def handles(self, key_id: str) -> bool:
         return key_id.startswith(LOCAL_SCHEME)
+
+    def unversioned(self, key_id: str) -> str:
+        name, _ = parse_local_key_id(key_id)
+        return LOCAL_SCHEME + name
 
     def wrap_key(self, key_id: str, key: bytes | memoryview) -> tuple[str, bytes]:
         versioned, kek = self._material(key_id)

@@ -99,13 +99,18 @@ class Manifest:
     model: str | None
     shards: tuple[ShardEntry, ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)
+    # Shards dropped from the live list, with the generation that dropped them: older
+    # retained manifests still name them, so they are kept until those are pruned.
+    retired: tuple[tuple[bytes, int], ...] = ()
 
     @property
     def live_rows(self) -> int:
         return sum(s.live_rows for s in self.shards)
 
-    def next(self, shards: tuple[ShardEntry, ...]) -> Manifest:
-        return replace(self, generation=self.generation + 1, shards=shards)
+    def next(
+        self, shards: tuple[ShardEntry, ...], retired: tuple[tuple[bytes, int], ...]
+    ) -> Manifest:
+        return replace(self, generation=self.generation + 1, shards=shards, retired=retired)
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -118,6 +123,7 @@ class Manifest:
                 "model": self.model,
                 "settings": self.settings,
                 "shards": [s.to_json() for s in self.shards],
+                "retired": [[shard_id.hex(), generation] for shard_id, generation in self.retired],
             },
             separators=(",", ":"),
         ).encode("utf-8")
@@ -136,6 +142,10 @@ class Manifest:
                 model=value["model"],
                 settings=dict(value.get("settings") or {}),
                 shards=tuple(ShardEntry.from_json(s) for s in value["shards"]),
+                retired=tuple(
+                    (bytes.fromhex(shard_id), int(generation))
+                    for shard_id, generation in value.get("retired", [])
+                ),
             )
         except IntegrityError:
             raise
@@ -224,7 +234,11 @@ def open_manifest(
             decryptor.decrypt_segment_into(index, sealed, body_view[start : start + length])
             position += length + TAG_SIZE
         manifest = Manifest.from_json(bytes(body))
-        if manifest.generation != header.generation or manifest.collection_id != header.collection_id:
+        if (
+            manifest.generation != header.generation
+            or manifest.collection_id != header.collection_id
+            or manifest.dimension != header.dimension
+        ):
             raise IntegrityError(f"manifest {name} body disagrees with its header")
     except BaseException:
         if unwrapped_now:

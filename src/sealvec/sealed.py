@@ -46,6 +46,8 @@ SECTION_IDS = 2
 SECTION_PAYLOADS = 3
 SECTION_MANIFEST_BODY = 4
 
+KNOWN_SECTIONS = (SECTION_VECTORS, SECTION_IDS, SECTION_PAYLOADS, SECTION_MANIFEST_BODY)
+
 DTYPE_NONE = 0
 DTYPE_FLOAT32 = 1
 
@@ -71,6 +73,9 @@ MAX_SEGMENTS = 1 << 31
 _FIXED = struct.Struct("<8sBBHI16s16sQIB3xQ32s6sxBHH2x")
 # section id, reserved(3), segment_size, plain_len, segment_count, reserved(4), offset
 _SECTION = struct.Struct("<B3xIQI4xQ")
+# (offset, size) of the reserved bytes in the fixed part, which must be zero.
+_RESERVED_FIXED = ((61, 3), (110, 1), (116, 2))
+_RESERVED_SECTION = ((1, 3), (20, 4))
 
 _SEGMENT_KEY_INFO = b"sealvec v1 segment key"
 _COMMIT_KEY_INFO = b"sealvec v1 key commitment"
@@ -289,8 +294,6 @@ def parse_header(prefix: bytes, *, expected_kind: int) -> Header:
         raise IntegrityError("not a sealvec object (bad magic)")
     if version != FORMAT_VERSION or suite != SUITE_AES256GCM_HKDF_SHA256:
         raise IntegrityError(f"unsupported sealed format version {version} suite {suite}")
-    if kind != expected_kind:
-        raise IntegrityError(f"sealed object is of kind {kind}, expected {expected_kind}")
     expected_len = (
         _FIXED.size
         + _SECTION.size * section_count
@@ -306,8 +309,12 @@ def parse_header(prefix: bytes, *, expected_kind: int) -> Header:
     raw = bytes(prefix[:header_len])
     if hashlib.sha256(raw[:-CHECK_SIZE]).digest()[:CHECK_SIZE] != raw[-CHECK_SIZE:]:
         raise IntegrityError("sealed object header checksum does not match")
-    if dimension > MAX_DIMENSION or row_count > MAX_ROWS:
-        raise IntegrityError("sealed object header has out-of-range dimension or rows")
+    if kind != expected_kind:
+        raise IntegrityError(f"sealed object is of kind {kind}, expected {expected_kind}")
+    if dimension > MAX_DIMENSION or row_count > MAX_ROWS or dtype not in (DTYPE_NONE, DTYPE_FLOAT32):
+        raise IntegrityError("sealed object header has out-of-range dimension, rows or dtype")
+    if any(raw[offset : offset + size] != bytes(size) for offset, size in _RESERVED_FIXED):
+        raise IntegrityError("sealed object header has non-zero reserved bytes")
 
     # Sections must be unique, well formed and laid out back to back.
     sections = []
@@ -322,6 +329,12 @@ def parse_header(prefix: bytes, *, expected_kind: int) -> Header:
             raise IntegrityError("sealed object section table is inconsistent")
         if any(s.section_id == section_id for s in sections):
             raise IntegrityError("sealed object repeats a section")
+        entry_start = pos - _SECTION.size
+        if section_id not in KNOWN_SECTIONS or any(
+            raw[entry_start + offset : entry_start + offset + size] != bytes(size)
+            for offset, size in _RESERVED_SECTION
+        ):
+            raise IntegrityError("sealed object has an unknown section or non-zero reserved bytes")
         entry = SectionEntry(section_id, seg_size, plain_len, seg_count, sec_offset)
         sections.append(entry)
         offset += entry.sealed_len

@@ -50,8 +50,11 @@ _HEADER_LEN_FIELD = struct.Struct("<I")
 _HEADER_LEN_OFFSET = 12
 
 
+SHARD_PREFIX = "shards/"
+
+
 def shard_object_name(shard_id: bytes) -> str:
-    return f"shards/{shard_id.hex()}.svs"
+    return f"{SHARD_PREFIX}{shard_id.hex()}.svs"
 
 
 def vector_segment_size(dimension: int, target: int = DEFAULT_SEGMENT_SIZE) -> int:

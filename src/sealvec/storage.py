@@ -75,6 +75,12 @@ class Storage(abc.ABC):
     def initialise(self) -> None:
         """Create the store location if needed."""
 
+    def remove_temporary(self) -> None:
+        """Remove partial objects left by writers that crashed mid-write.
+
+        Only called under the writer lock, when no write is in progress.
+        """
+
 
 def _check_name(name: str) -> None:
     parts = name.split("/")
@@ -194,6 +200,11 @@ class LocalDirectory(Storage):
     def list_temporary(self) -> list[Path]:
         """Temporary files left by writers that crashed mid-write."""
         return sorted(p for p in self.root.rglob(f"{_TEMP_PREFIX}*") if p.is_file())
+
+    def remove_temporary(self) -> None:
+        for path in self.list_temporary():
+            logger.info("removing partial object %s left by a crashed writer", path.name)
+            path.unlink(missing_ok=True)
 
     def delete(self, name: str) -> None:
         path = self._path(name)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from sealvec.errors import CollectionNotFoundError, IntegrityError
+from sealvec.errors import CollectionNotFoundError, IntegrityError, KeyNotFoundError
 from sealvec.keys import KeyProvider, LocalKeyring, SecretKey, unwrap_data_key
 from sealvec.manifest import (
     MANIFEST_PREFIX,
@@ -40,19 +40,27 @@ def verify_store(
 
     # Every retained manifest must authenticate and belong to the same collection.
     cached: tuple[str, bytes, SecretKey] | None = None
+    unverifiable: list[int] = []
     referenced: set[str] = set()
     collection_id = None
     opened = None
     try:
         for generation in generations:
             name = manifest_name(generation)
-            opened = open_manifest(
-                storage.get(name),
-                name=name,
-                provider=provider,
-                cached_key=cached,
-                memory_lock=memory_lock,
-            )
+            try:
+                opened = open_manifest(
+                    storage.get(name),
+                    name=name,
+                    provider=provider,
+                    cached_key=cached,
+                    memory_lock=memory_lock,
+                )
+            except KeyNotFoundError:
+                # An older generation wrapped under a KEK version since destroyed.
+                if generation == generations[-1]:
+                    raise
+                unverifiable.append(generation)
+                continue
             if opened.unwrapped_now:
                 if cached is not None:
                     cached[2].close()
@@ -62,9 +70,16 @@ def verify_store(
             elif opened.manifest.collection_id != collection_id:
                 raise IntegrityError(f"manifest {name} belongs to another collection")
             referenced.update(shard_object_name(s.shard_id) for s in opened.manifest.shards)
+            referenced.update(shard_object_name(i) for i, _ in opened.manifest.retired)
+            for entry in opened.manifest.shards:
+                if storage.size(shard_object_name(entry.shard_id)) != entry.size:
+                    raise IntegrityError(
+                        f"shard {entry.shard_id.hex()} named by {name} has the wrong size"
+                    )
 
         # Decrypt every shard of the newest generation, one at a time.
-        assert opened is not None and cached is not None
+        if opened is None or cached is None:
+            raise CollectionNotFoundError(f"no readable manifest at {storage.location}")
         manifest = opened.manifest
         rows = 0
         total = len(manifest.shards)
@@ -96,7 +111,8 @@ def verify_store(
     return {
         "location": storage.location,
         "generation": generations[-1],
-        "manifests_checked": len(generations),
+        "manifests_checked": len(generations) - len(unverifiable),
+        "manifests_under_destroyed_keys": unverifiable,
         "shards_checked": len(manifest.shards),
         "rows": rows,
         "live_rows": manifest.live_rows,

@@ -1,0 +1,84 @@
+"""Type stub for sealvec._core, the native core (locked memory, search kernel, id table)."""
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import Buffer, Self
+
+class SecureBuffer:
+    """Bytes in mlocked, MADV_DONTDUMP (+WIPEONFORK) memory between PROT_NONE guard pages.
+
+    Exposes a 1-D unsigned-byte buffer of exactly ``nbytes``; writable until ``seal()``.
+    ``release()`` wipes and unmaps now, or when the last exported view is dropped.
+    """
+
+    def __init__(
+        self, nbytes: int, memory_lock: Literal["required", "best_effort"] = "required"
+    ) -> None: ...
+    def seal(self) -> None: ...
+    def release(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def locked(self) -> bool: ...
+    @property
+    def sealed(self) -> bool: ...
+    @property
+    def released(self) -> bool: ...
+    @property
+    def exports(self) -> int: ...
+    @property
+    def wipe_on_fork(self) -> bool:
+        """Whether MADV_WIPEONFORK took effect (False on kernels older than 4.14)."""
+
+def locked_bytes() -> int:
+    """Bytes (whole pages) currently mlocked by live SecureBuffers in this process."""
+
+def search(
+    segments: Sequence[Buffer],
+    dim: int,
+    queries: npt.NDArray[np.float32],
+    k: int,
+    metric: Literal["ip", "l2", "cosine"],
+    mask: Buffer | None = None,
+    tiebreak: Buffer | None = None,
+    threads: int = 0,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Exact top-k; returns (scores, rows) of shape (nq, min(k, allowed rows)), best first.
+
+    Ties rank by smaller tiebreak value (int64 per row), then smaller global row index.
+    """
+
+def simd_level() -> Literal["scalar", "avx2", "avx512"]: ...
+def supported_simd_levels() -> list[str]: ...
+def set_simd_level(level: Literal["scalar", "avx2", "avx512"]) -> None: ...
+
+class IdTable:
+    """String ids read in place from (offsets, data) buffer pairs, one pair per shard."""
+
+    def __init__(self, offsets: Sequence[Buffer], data: Sequence[Buffer]) -> None: ...
+    @property
+    def size(self) -> int: ...
+    def lookup(self, ids: list[str], mask: Buffer | None = None) -> npt.NDArray[np.int64]: ...
+    def id_at(self, row: int) -> str: ...
+    def ids_at(self, rows: npt.ArrayLike) -> list[str]: ...
+    def ranks(self) -> npt.NDArray[np.int64]: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
