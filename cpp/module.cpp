@@ -1,0 +1,16 @@
+// sealvec._core: locked memory, the top-k search kernel and the id table.
+#include <pybind11/pybind11.h>
+
+#include "id_table.hpp"
+#include "secure_buffer.hpp"
+
+namespace sealvec {
+void register_search(pybind11::module_& module);
+}
+
+PYBIND11_MODULE(_core, module) {
+  module.doc() = "sealvec native core: SecureBuffer, search, IdTable.";
+  sealvec::register_secure_buffer(module);
+  sealvec::register_search(module);
+  sealvec::register_id_table(module);
+}

@@ -1,0 +1,57 @@
+// SecureBuffer: bytes in locked, non-dumpable, guard-paged memory, exposed through the buffer
+// protocol with an export count so the memory is wiped only after the last view is dropped.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace sealvec {
+
+enum class MemoryLockPolicy { Required, BestEffort };
+
+class SecureBuffer {
+ public:
+  SecureBuffer(std::size_t nbytes, MemoryLockPolicy policy);
+  ~SecureBuffer();
+  SecureBuffer(const SecureBuffer&) = delete;
+  SecureBuffer& operator=(const SecureBuffer&) = delete;
+
+  void seal();
+  void release();
+
+  std::size_t nbytes() const { return nbytes_; }
+  bool locked() const { return locked_; }
+  bool sealed() const { return sealed_; }
+  bool released() const { return released_; }
+  bool wipe_on_fork() const { return wipe_on_fork_; }
+  std::size_t exports() const { return exports_; }
+
+  // Buffer-protocol slots (called with the GIL held).
+  int get_buffer(PyObject* owner, Py_buffer* view, int flags);
+  void release_buffer(Py_buffer* view);
+
+ private:
+  void wipe_and_unmap() noexcept;
+
+  std::size_t nbytes_ = 0;
+  std::size_t data_bytes_ = 0;  // nbytes rounded up to whole pages
+  std::size_t page_bytes_ = 0;
+  unsigned char* mapping_ = nullptr;  // guard page + data pages + guard page
+  unsigned char* data_ = nullptr;
+  bool locked_ = false;
+  bool sealed_ = false;
+  bool released_ = false;
+  bool wipe_on_fork_ = false;
+  bool wiped_ = false;
+  std::size_t exports_ = 0;
+  std::size_t writable_exports_ = 0;
+};
+
+// Bytes currently mlocked by live SecureBuffers in this process.
+std::uint64_t locked_bytes();
+
+void register_secure_buffer(pybind11::module_& module);
+
+}  // namespace sealvec
