@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -316,14 +317,44 @@ def _query_vector(collection, text: str | None, vector_path: Path | None) -> np.
 @click.option("--vector", "vector_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("-d", "--documents", is_flag=True, help="Show each hit's document.")
+@click.option("--where", "where_json", help='Metadata filter as JSON, e.g. \'{"module": "csv"}\'.')
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.05),
+    help="Repeat the query every SECONDS, picking up new generations, until interrupted.",
+)
 @json_option
 @click.pass_obj
-def query(settings: _Settings, store, text, vector_path, k, documents, as_json) -> None:
+def query(
+    settings: _Settings, store, text, vector_path, k, documents, where_json, watch, as_json
+) -> None:
     """Top-k records of STORE for a query TEXT (local embedder) or a .npy vector."""
+    where = _parse_where(where_json)
+    include = ("documents", "metadata") if documents else ("metadata",)
     with settings.open(store) as collection:
         vector = _query_vector(collection, text, vector_path)
-        include = ("documents", "metadata") if documents else ("metadata",)
-        results = collection.search(vector, k=k, include=include)
+        while True:
+            results = collection.search(vector, k=k, include=include, where=where)
+            _show_results(results, documents, as_json)
+            if watch is None:
+                return
+            time.sleep(watch)
+            collection.refresh()
+
+
+def _parse_where(where_json: str | None) -> dict | None:
+    if where_json is None:
+        return None
+    try:
+        where = json.loads(where_json)
+    except ValueError:
+        raise ValidationError("--where must be a JSON object") from None
+    if not isinstance(where, dict):
+        raise ValidationError("--where must be a JSON object")
+    return where
+
+
+def _show_results(results, documents: bool, as_json: bool) -> None:
     if as_json:
         _print_json(
             [
@@ -336,6 +367,7 @@ def query(settings: _Settings, store, text, vector_path, k, documents, as_json) 
             ]
         )
         return
+    err.print(f"generation {results.generation}")
     for hits in results:
         table = Table("rank", "score", "id", *(["document"] if documents else []))
         for rank, hit in enumerate(hits, start=1):
@@ -395,6 +427,128 @@ def verify(settings: _Settings, store, as_json) -> None:
                 else ""
             )
         )
+
+
+def _ids_argument(ids: tuple[str, ...], ids_file: Path | None) -> list[str]:
+    values = list(ids)
+    if ids_file is not None:
+        values += [line.strip() for line in ids_file.read_text(encoding="utf-8").splitlines()]
+    values = [v for v in values if v]
+    if not values:
+        raise ValidationError("give ids as arguments or with --ids-file")
+    return values
+
+
+ids_arguments = [
+    click.argument("ids", nargs=-1),
+    click.option(
+        "--ids-file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="A file with one id a line.",
+    ),
+]
+
+
+def _with_ids(function):
+    for decorator in reversed(ids_arguments):
+        function = decorator(function)
+    return function
+
+
+def _report(as_json: bool, value: dict, text: str) -> None:
+    if as_json:
+        _print_json(value)
+    else:
+        out.print(text)
+
+
+@cli.command()
+@store_argument
+@_with_ids
+@json_option
+@click.pass_obj
+def delete(settings: _Settings, store, ids, ids_file, as_json) -> None:
+    """Delete records by id (their bytes remain until compaction; see forget)."""
+    with settings.open(store) as collection:
+        removed = collection.delete(_ids_argument(ids, ids_file))
+        generation = collection.generation
+    _report(
+        as_json,
+        {"deleted": removed, "generation": generation},
+        f"deleted {removed} records (generation {generation})",
+    )
+
+
+@cli.command()
+@store_argument
+@_with_ids
+@json_option
+@click.pass_obj
+def forget(settings: _Settings, store, ids, ids_file, as_json) -> None:
+    """Crypto-shred records: rewrite their shards under fresh keys, destroy the old
+    keys and every older manifest generation."""
+    with settings.open(store) as collection:
+        found = collection.forget(_ids_argument(ids, ids_file))
+        generation = collection.generation
+    _report(
+        as_json,
+        {"forgotten": found, "generation": generation},
+        f"forgot {found} ids (generation {generation}); older generations deleted",
+    )
+
+
+@cli.command()
+@store_argument
+@click.option("--target-rows", type=click.IntRange(min=1), default=65_536, show_default=True)
+@json_option
+@click.pass_obj
+def compact(settings: _Settings, store, target_rows, as_json) -> None:
+    """Merge small shards and drop deleted rows."""
+    with settings.open(store) as collection:
+        report = collection.compact(target_rows=target_rows)
+        report["generation"] = collection.generation
+    _report(
+        as_json,
+        report,
+        f"{report['shards_before']} shards -> {report['shards_after']}, "
+        f"{report['rows_dropped']} deleted rows dropped (generation {report['generation']})",
+    )
+
+
+@cli.command("rotate-key")
+@store_argument
+@click.option(
+    "--collection-key",
+    "rotate_collection_key",
+    is_flag=True,
+    help="Also replace the collection key (re-wraps every shard's data key).",
+)
+@click.option(
+    "--new-kek-version/--no-new-kek-version",
+    default=True,
+    show_default=True,
+    help="For a local key: create a new key version first.",
+)
+@json_option
+@click.pass_obj
+def rotate_key(settings: _Settings, store, rotate_collection_key, new_kek_version, as_json) -> None:
+    """Re-wrap the collection key under a new key-encryption key version; no vector is
+    re-encrypted. The old version can then be removed from the keyring."""
+    provider = settings.provider()
+    with settings.open(store) as collection:
+        previous = collection.key_id
+        if new_kek_version and previous.startswith("local:"):
+            provider.rotate_key(provider.unversioned(previous).removeprefix("local:"))
+        key_id = collection.rotate_key_encryption_key()
+        if rotate_collection_key:
+            key_id = collection.rotate_collection_key()
+        generation = collection.generation
+    _report(
+        as_json,
+        {"previous_key_id": previous, "key_id": key_id, "generation": generation},
+        f"collection key now wrapped under {key_id} (was {previous}); "
+        f"remove the old version once no retained generation needs it",
+    )
 
 
 def _one_line(error: BaseException) -> str:

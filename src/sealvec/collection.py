@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from sealvec import _core
+from sealvec.attributes import compile_where, encode_attributes
 from sealvec.errors import (
     ClosedError,
     CollectionExistsError,
@@ -667,6 +668,7 @@ class Collection:
                     self._memory_lock,
                 )
             )
+            buffers.append(secure_copy(encode_attributes(metadata), self._memory_lock))
         except BaseException:
             for buffer in buffers:
                 buffer.release()
@@ -680,6 +682,7 @@ class Collection:
         vectors: _core.SecureBuffer,
         ids: _core.SecureBuffer,
         payloads: _core.SecureBuffer,
+        attributes: _core.SecureBuffer,
     ) -> tuple[ShardEntry, LoadedShard]:
         """Encrypt sections held in locked memory under a fresh DEK; they become the
         new shard's loaded form (no decrypt round trip)."""
@@ -698,13 +701,16 @@ class Collection:
                     vectors=vectors,
                     ids=ids,
                     payloads=payloads,
+                    attributes=attributes,
                 )
                 wrapped = wrap_data_key(self._collection_key, data_key)
             finally:
                 data_key.close()
-            loaded = LoadedShard(shard_id, rows, manifest.dimension, vectors, ids, payloads)
+            loaded = LoadedShard(
+                shard_id, rows, manifest.dimension, vectors, ids, payloads, attributes
+            )
         except BaseException:
-            for buffer in (vectors, ids, payloads):
+            for buffer in (vectors, ids, payloads, attributes):
                 buffer.release()
             raise
         entry = ShardEntry(shard_id, rows, wrapped, written.header_sha256, written.size)
@@ -898,12 +904,12 @@ class Collection:
         self, state: _State, selections: list[tuple[int, np.ndarray]]
     ) -> tuple[ShardEntry, LoadedShard]:
         """Seal selected rows of loaded shards as one new shard (fresh data key)."""
-        rows, vectors, ids, payloads = gather_rows(
+        rows, buffers = gather_rows(
             [(state.shards[index], rows) for index, rows in selections],
             state.manifest.dimension,
             self._memory_lock,
         )
-        return self._seal_shard(state, rows, vectors, ids, payloads)
+        return self._seal_shard(state, rows, *buffers)
 
     def rotate_key_encryption_key(self, key_id: str | None = None) -> str:
         """Re-wrap the collection key under ``key_id`` (default: the current version of
@@ -1022,20 +1028,32 @@ class Collection:
         k: int = 10,
         *,
         include: Sequence[str] = (),
+        where: dict[str, Any] | None = None,
     ) -> SearchResults:
         """Exact top-k for each query (rows of ``queries``, or one 1-D query).
 
-        Each query gets min(k, live records) hits, best first; equal scores are
-        ordered by id. ``include`` may name "documents", "metadata", "vectors".
+        Each query gets min(k, matching live records) hits, best first; equal scores
+        are ordered by id. ``include`` may name "documents", "metadata", "vectors".
+        ``where`` filters on metadata before top-k (see ``attributes.compile_where``):
+        ``{"tenant": "t1", "year": {"$gte": 2020}}``.
         """
         k = check_k(k)
         wanted = check_include(include)
+        program = compile_where(where) if where is not None else None
         with self._snapshot() as state:
             manifest = state.manifest
             queries = check_vectors(
                 queries, manifest.dimension, manifest.metric, name="queries", allow_1d=True
             )
-            if state.total_rows == 0 or state.live_rows == 0:
+            mask = state.mask
+            if program is not None and state.total_rows:
+                mask = _core.filter_mask(
+                    [s.attributes for s in state.shards],
+                    [s.rows for s in state.shards],
+                    program,
+                    base_mask=state.mask,
+                )
+            if state.total_rows == 0 or not mask.any():
                 empty = np.zeros((len(queries), 0), dtype=np.float32)
                 return SearchResults(
                     [[] for _ in queries], empty, [[] for _ in queries], manifest.generation
@@ -1046,7 +1064,7 @@ class Collection:
                 queries,
                 k,
                 manifest.metric,
-                mask=state.mask,
+                mask=mask,
                 tiebreak=state.ranks,
                 threads=self._threads,
             )

@@ -7,6 +7,8 @@ Sections (see ``docs/format.md``):
 - ids: ``rows + 1`` little-endian uint64 offsets, then the UTF-8 ids back to back.
 - payloads: the same layout; each entry is the JSON object
   ``{"document": str | null, "metadata": {...}}``.
+- attributes: the metadata again, column by column, for filters (see
+  ``sealvec.attributes``).
 
 A loaded shard keeps each section decrypted in its own ``SecureBuffer`` (locked,
 non-dumpable memory), sealed read-only once filled.
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sealvec import _core
+from sealvec.attributes import gather_attributes, parse_attributes
 from sealvec.errors import IntegrityError
 from sealvec.keys import SecretKey
 from sealvec.sealed import (
@@ -32,6 +35,7 @@ from sealvec.sealed import (
     DTYPE_FLOAT32,
     KIND_SHARD,
     MAX_HEADER_SIZE,
+    SECTION_ATTRIBUTES,
     SECTION_IDS,
     SECTION_PAYLOADS,
     SECTION_VECTORS,
@@ -114,6 +118,7 @@ def write_shard(
     vectors: _core.SecureBuffer,
     ids: _core.SecureBuffer,
     payloads: _core.SecureBuffer,
+    attributes: _core.SecureBuffer,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
 ) -> WrittenShard:
     """Encrypt a shard from its sections in locked memory and store it durably."""
@@ -131,6 +136,7 @@ def write_shard(
             (SECTION_VECTORS, vectors.nbytes, vector_segment_size(dimension, segment_size)),
             (SECTION_IDS, ids.nbytes, segment_size),
             (SECTION_PAYLOADS, payloads.nbytes, segment_size),
+            (SECTION_ATTRIBUTES, attributes.nbytes, segment_size),
         ],
     )
 
@@ -140,6 +146,7 @@ def write_shard(
             (SECTION_VECTORS, vectors),
             (SECTION_IDS, ids),
             (SECTION_PAYLOADS, payloads),
+            (SECTION_ATTRIBUTES, attributes),
         ):
             with memoryview(buffer) as view:
                 yield from writer.seal_section(section_id, view)
@@ -151,11 +158,11 @@ def write_shard(
 
 def gather_rows(
     selections: Sequence[tuple[LoadedShard, np.ndarray]], dimension: int, memory_lock: str
-) -> tuple[int, _core.SecureBuffer, _core.SecureBuffer, _core.SecureBuffer]:
+) -> tuple[int, list[_core.SecureBuffer]]:
     """Copy selected rows of loaded shards into new sections, locked memory to locked
     memory, without making Python objects of their contents.
 
-    Returns (rows, vectors, ids, payloads) buffers, sealed.
+    Returns rows and the [vectors, ids, payloads, attributes] buffers, sealed.
     """
     rows = int(sum(len(selected) for _, selected in selections))
     buffers: list[_core.SecureBuffer] = []
@@ -175,11 +182,22 @@ def gather_rows(
         vectors.seal()
         for which in ("ids", "payloads"):
             buffers.append(_gather_strings(selections, rows, which, memory_lock))
+        views = [memoryview(shard.attributes) for shard, _ in selections]
+        try:
+            sources = [
+                (parse_attributes(view, shard.rows), np.asarray(selected, dtype=np.int64))
+                for view, (shard, selected) in zip(views, selections)
+            ]
+            buffers.append(gather_attributes(sources, memory_lock))
+            del sources
+        finally:
+            for view in views:
+                view.release()
     except BaseException:
         for buffer in buffers:
             buffer.release()
         raise
-    return rows, buffers[0], buffers[1], buffers[2]
+    return rows, buffers
 
 
 def _gather_strings(
@@ -250,6 +268,7 @@ class LoadedShard:
         vectors: _core.SecureBuffer,
         ids: _core.SecureBuffer,
         payloads: _core.SecureBuffer,
+        attributes: _core.SecureBuffer,
     ) -> None:
         self.shard_id = shard_id
         self.rows = rows
@@ -257,6 +276,7 @@ class LoadedShard:
         self.vectors = vectors
         self.ids = ids
         self.payloads = payloads
+        self.attributes = attributes
         self.holders = 0
         self._lock = threading.Lock()
         self.ids_offsets, self.ids_data = _split_strings(ids, rows, "ids")
@@ -264,7 +284,7 @@ class LoadedShard:
 
     @property
     def nbytes(self) -> int:
-        return self.vectors.nbytes + self.ids.nbytes + self.payloads.nbytes
+        return sum(b.nbytes for b in (self.vectors, self.ids, self.payloads, self.attributes))
 
     def vector_array(self) -> np.ndarray:
         """A read-only numpy view of the vectors (no copy)."""
@@ -283,7 +303,7 @@ class LoadedShard:
         with self._lock:
             for view in (self.ids_offsets, self.ids_data, self.payload_offsets, self.payload_data):
                 view.release()
-            for buffer in (self.vectors, self.ids, self.payloads):
+            for buffer in (self.vectors, self.ids, self.payloads, self.attributes):
                 buffer.release()
 
 
@@ -344,6 +364,7 @@ def load_shard(
             SECTION_VECTORS,
             SECTION_IDS,
             SECTION_PAYLOADS,
+            SECTION_ATTRIBUTES,
         ] or header.section(SECTION_VECTORS).plain_len != 4 * rows * dimension:
             raise IntegrityError(f"shard {shard_id.hex()} has an unexpected section table")
         segment_key = verify_commitment(header, data_key.material())

@@ -10,7 +10,7 @@
 - ids are non-empty ``str`` of at most 1,024 UTF-8 bytes, compared exactly as given;
   a batch repeating an id is rejected whole;
 - documents are ``str`` or None; metadata is a dict with string keys and JSON
-  scalar values (str, int, float, bool, None), or None.
+  scalar values (str, int within +-2**53, finite float, bool, None), or None.
 
 The caller's arrays are never modified.
 """
@@ -26,6 +26,7 @@ import numpy as np
 from sealvec.errors import ValidationError
 
 MAX_ID_BYTES = 1024
+MAX_EXACT_INT = 2**53  # metadata numbers are float64 in the attributes section
 
 
 def check_vectors(
@@ -137,6 +138,10 @@ def check_metadata(metadata: Any, count: int) -> list[dict[str, Any]]:
                 )
             if isinstance(item, float) and not math.isfinite(item):
                 raise ValidationError(f"metadata[{position}][{key!r}] is NaN or infinite")
+            if isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_EXACT_INT:
+                raise ValidationError(
+                    f"metadata[{position}][{key!r}] is beyond +-2**53; store it as a str"
+                )
         checked.append(dict(value))
     return checked
 
