@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -81,7 +82,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_KEY_ID = "local:default"
 DEFAULT_RETAIN_GENERATIONS = 10
 MEMORY_LOCK_CHOICES = ("required", "best_effort")
-_COMMIT_ATTEMPTS = 5
+_COMMIT_ATTEMPTS = 20
 
 
 @dataclass
@@ -583,6 +584,8 @@ class Collection:
                 except BaseException as error:
                     change.abandon(self._storage)
                     if isinstance(error, ConflictError) and attempt < _COMMIT_ATTEMPTS - 1:
+                        # Back off a random while so racing writers stop colliding.
+                        time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
                         continue
                     raise
                 if change.key is not None:
@@ -628,7 +631,8 @@ class Collection:
     ) -> None:
         """Delete pruned manifests, released shards and leftovers of crashed writers.
 
-        Runs under the writer lock, so no other writer has uncommitted shards.
+        Leftovers are swept only under an exclusive writer lock, when no other
+        writer can have uncommitted shards.
         """
         retain = int(manifest.settings.get("retain_generations", DEFAULT_RETAIN_GENERATIONS))
         oldest_kept = manifest.generation if forget_history else manifest.generation - retain + 1
@@ -638,6 +642,8 @@ class Collection:
                 self._storage.delete(name)
         for shard_id in collectable:
             self._storage.delete(shard_object_name(shard_id))
+        if not self._storage.exclusive_writer_lock:
+            return
         named = {shard_object_name(e.shard_id) for e in manifest.shards} | {
             shard_object_name(shard_id) for shard_id, _ in manifest.retired
         }

@@ -32,6 +32,11 @@ _TEMP_PREFIX = ".tmp-"
 class Storage(abc.ABC):
     """Get, put, list and delete whole objects; create-only puts for commits."""
 
+    #: Whether ``writer_lock`` really excludes other writers. Without it, only the
+    #: create-only manifest commit keeps writers apart, and objects that no manifest
+    #: names may belong to a writer still at work, so they are not swept.
+    exclusive_writer_lock = True
+
     @property
     @abc.abstractmethod
     def location(self) -> str:
