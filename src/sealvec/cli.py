@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,11 +167,6 @@ def _read_jsonl(path: Path, id_field: str, text_field: str) -> list[dict[str, An
     return records
 
 
-def _batches(count: int, size: int) -> Iterator[slice]:
-    for start in range(0, count, size):
-        yield slice(start, min(start + size, count))
-
-
 @cli.command()
 @store_argument
 @click.argument("records", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -245,46 +239,23 @@ def ingest(
             memory_lock=settings.memory_lock,
             threads=settings.threads,
         )
-    added = skipped = 0
+    from sealvec.ingest import ingest_records
+
     with collection, _progress() as progress:
-        if collection.dimension != dimension:
-            raise ValidationError(
-                f"the collection has dimension {collection.dimension}, the input {dimension}"
-            )
         task = progress.add_task("ingest", total=len(rows))
-        for part in _batches(len(rows), batch_size):
-            batch = rows[part]
-            ids = [r[id_field] for r in batch]
-            if on_existing == "skip":
-                present = {r.id for r in collection.get(ids, include=()) if r is not None}
-                keep = [i for i, record_id in enumerate(ids) if record_id not in present]
-                skipped += len(ids) - len(keep)
-            else:
-                keep = list(range(len(ids)))
-            if keep:
-                batch = [batch[i] for i in keep]
-                if embedder is not None:
-                    batch_vectors = embedder.embed([r[text_field] for r in batch])
-                else:
-                    batch_vectors = np.ascontiguousarray(
-                        matrix[part][keep], dtype=matrix.dtype
-                    )
-                documents = [r[text_field] for r in batch]
-                metadata = [
-                    {
-                        k: v
-                        for k, v in r.items()
-                        if k not in (id_field, text_field)
-                        and isinstance(v, (str, int, float, bool, type(None)))
-                    }
-                    for r in batch
-                ]
-                write = collection.upsert if on_existing == "replace" else collection.add
-                added += write(
-                    [r[id_field] for r in batch], batch_vectors, documents, metadata
-                )
-            progress.advance(task, len(ids))
+        report = ingest_records(
+            collection,
+            rows,
+            embedder=embedder,
+            vectors=matrix if embedder is None else None,
+            id_field=id_field,
+            text_field=text_field,
+            batch_size=batch_size,
+            on_existing=on_existing,
+            on_progress=lambda done, total: progress.update(task, completed=done),
+        )
         stats = collection.stats()
+    added, skipped = report.added, report.skipped
     result = {"added": added, "skipped": skipped, **stats}
     if as_json:
         _print_json(result)
