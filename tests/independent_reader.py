@@ -4,7 +4,8 @@ It deliberately does not import sealvec: only the standard library and
 ``cryptography``. It exists to show that the document is enough to read the format
 and to catch any change of the format that the document does not describe.
 
-    ids, vectors, payloads = read_shard(data, data_key)
+    ids, vectors, payloads, attributes = read_shard(data, data_key)
+    records = attribute_records(attributes, len(ids))  # metadata dicts, one per row
     manifest = read_manifest(data, name, kek)  # KEK of a local keyring (RFC 5649)
 """
 
@@ -14,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -30,6 +32,22 @@ MAX_HEADER, MAX_SECTIONS = 1 << 16, 8
 MAX_SEGMENT, MAX_SEGMENTS = 1 << 26, 1 << 31
 MAX_DIMENSION, MAX_ROWS = 1 << 16, 1 << 40
 KIND_SHARD, KIND_MANIFEST = 1, 2
+KNOWN_SECTIONS = (1, 2, 3, 4, 5)  # vectors, ids, payloads, manifest body, attributes
+SHARD_SECTIONS = [1, 2, 3, 5]
+RESERVED_FIXED = ((61, 3), (110, 1), (116, 2))  # (offset, size), must be zero
+RESERVED_ENTRY = ((1, 3), (20, 4))
+MAX_ATTRIBUTE_KEYS = 4096
+TAG_ABSENT, TAG_NULL, TAG_FALSE, TAG_TRUE, TAG_NUMBER, TAG_STRING = range(6)
+
+
+class _Absent:
+    """The value of an attribute column where the record does not have the key."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT = _Absent()
 
 
 class FormatError(Exception):
@@ -56,16 +74,18 @@ def parse(data: bytes, kind: int) -> dict:
         raise FormatError("bad magic")
     if version != 1 or suite != 1:
         raise FormatError("unsupported version or suite")
-    if obj_kind != kind:
-        raise FormatError("wrong kind")
     if not 1 <= section_count <= MAX_SECTIONS or header_len != (
         FIXED.size + ENTRY.size * section_count + key_id_len + wrapped_key_len + COMMITMENT + CHECK
     ):
         raise FormatError("inconsistent header lengths")
     if hashlib.sha256(header[:-CHECK]).digest()[:CHECK] != header[-CHECK:]:
         raise FormatError("header checksum")
-    if dimension > MAX_DIMENSION or row_count > MAX_ROWS:
-        raise FormatError("dimension or rows out of range")
+    if obj_kind != kind:
+        raise FormatError("wrong kind")
+    if dimension > MAX_DIMENSION or row_count > MAX_ROWS or dtype not in (0, 1):
+        raise FormatError("dimension, rows or dtype out of range")
+    if any(header[o : o + n] != bytes(n) for o, n in RESERVED_FIXED):
+        raise FormatError("non-zero reserved bytes in the fixed part")
     sections = []
     offset = header_len
     pos = FIXED.size
@@ -78,6 +98,11 @@ def parse(data: bytes, kind: int) -> dict:
             raise FormatError("inconsistent section table")
         if any(s["id"] == section_id for s in sections):
             raise FormatError("repeated section")
+        start = pos - ENTRY.size
+        if section_id not in KNOWN_SECTIONS or any(
+            header[start + o : start + o + n] != bytes(n) for o, n in RESERVED_ENTRY
+        ):
+            raise FormatError("unknown section id or non-zero reserved bytes in an entry")
         sections.append(
             {"id": section_id, "segment_size": seg_size, "plain_len": plain_len,
              "segment_count": seg_count, "offset": sec_offset}
@@ -144,9 +169,93 @@ def split_strings(section: bytes, rows: int) -> list[bytes]:
     return [data[offsets[r] : offsets[r + 1]] for r in range(rows)]
 
 
+def parse_attributes(section: bytes, rows: int) -> dict[str, list]:
+    """Check 11 for the attributes section (§6): its columns, in stored order.
+
+    Returns {key: [value of row 0, ..., value of row rows-1]}, each value ABSENT,
+    None, False, True, a float (every number, integers included) or a str. Besides
+    the checks every reader makes, it refuses anything a writer must not produce:
+    keys out of order, non-zero padding, a number or string where the tag has none.
+    """
+    section = bytes(section)
+    pos = 0
+
+    def take(length: int) -> bytes:
+        nonlocal pos
+        if length > len(section) - pos:  # before using any length read from the data
+            raise FormatError("attributes section is truncated or malformed")
+        pos += length
+        return section[pos - length : pos]
+
+    def padding(length: int) -> None:
+        if take(-length % 8) != bytes(-length % 8):
+            raise FormatError("attributes section has non-zero padding")
+
+    (key_count,) = struct.unpack("<Q", take(8))
+    if key_count > MAX_ATTRIBUTE_KEYS:
+        raise FormatError("attributes section has too many keys")
+    columns: dict[str, list] = {}
+    previous = None
+    for _ in range(key_count):
+        (key_len,) = struct.unpack("<Q", take(8))
+        key_bytes = take(key_len)
+        try:
+            key = key_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError("attribute key is not UTF-8") from None
+        if previous is not None and key_bytes <= previous:
+            raise FormatError("attribute keys are repeated or not in ascending byte order")
+        previous = key_bytes
+        padding(key_len)
+        tags = take(rows)
+        padding(rows)
+        numbers_raw = take(8 * rows)
+        offsets = struct.unpack(f"<{rows + 1}Q", take(8 * (rows + 1)))
+        if offsets[0] != 0 or any(a > b for a, b in zip(offsets, offsets[1:])):
+            raise FormatError("attribute string offsets are inconsistent")
+        data = take(offsets[-1])
+        padding(offsets[-1])
+        values: list = []
+        for r in range(rows):
+            tag = tags[r]
+            raw_number = numbers_raw[8 * r : 8 * r + 8]
+            (number,) = struct.unpack("<d", raw_number)
+            text = data[offsets[r] : offsets[r + 1]]
+            if tag > TAG_STRING:
+                raise FormatError("unknown attribute tag")
+            if tag != TAG_NUMBER and raw_number != bytes(8):
+                raise FormatError("attribute number set where the tag is not a number")
+            if tag != TAG_STRING and text:
+                raise FormatError("attribute string set where the tag is not a string")
+            if tag == TAG_NUMBER:
+                if not math.isfinite(number):
+                    raise FormatError("attribute number is NaN or infinite")
+                values.append(number)
+            elif tag == TAG_STRING:
+                try:
+                    values.append(text.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise FormatError("attribute string is not UTF-8") from None
+            else:
+                values.append((ABSENT, None, False, True)[tag])
+        columns[key] = values
+    if pos != len(section):
+        raise FormatError("attributes section has trailing bytes")
+    return columns
+
+
+def attribute_records(columns: dict[str, list], rows: int) -> list[dict]:
+    """Columns back to one metadata dict per row (keys in stored order)."""
+    return [
+        {key: values[r] for key, values in columns.items() if values[r] is not ABSENT}
+        for r in range(rows)
+    ]
+
+
 def read_shard(data: bytes, data_key: bytes, *, collection_id: bytes | None = None,
                shard_id: bytes | None = None, header_sha256: str | None = None):
-    """Return (ids, vectors as lists of floats, payload dicts) of one shard."""
+    """Return (ids, vectors as lists of floats, payload dicts, attribute columns) of
+    one shard; the columns are as ``parse_attributes`` returns them."""
     h = parse(data, KIND_SHARD)
     if header_sha256 is not None and hashlib.sha256(h["header"]).hexdigest() != header_sha256:
         raise FormatError("not the shard the manifest names")
@@ -155,12 +264,12 @@ def read_shard(data: bytes, data_key: bytes, *, collection_id: bytes | None = No
     if shard_id is not None and h["object_id"] != shard_id:
         raise FormatError("shard in the wrong slot")
     rows, dim = h["row_count"], h["dimension"]
-    if h["dtype"] != 1 or [s["id"] for s in h["sections"]] != [1, 2, 3]:
+    if h["dtype"] != 1 or [s["id"] for s in h["sections"]] != SHARD_SECTIONS:
         raise FormatError("unexpected shard layout")
     if h["sections"][0]["plain_len"] != 4 * rows * dim:
         raise FormatError("vectors section length disagrees with rows x dimension")
     key = segment_key(h, data_key)
-    vec_raw, ids_raw, pay_raw = (decrypt_section(h, key, s) for s in h["sections"])
+    vec_raw, ids_raw, pay_raw, attr_raw = (decrypt_section(h, key, s) for s in h["sections"])
     flat = struct.unpack(f"<{rows * dim}f", vec_raw)
     vectors = [list(flat[r * dim : (r + 1) * dim]) for r in range(rows)]
     try:
@@ -168,7 +277,8 @@ def read_shard(data: bytes, data_key: bytes, *, collection_id: bytes | None = No
         payloads = [json.loads(v.decode("utf-8")) for v in split_strings(pay_raw, rows)]
     except ValueError:
         raise FormatError("ids or payloads are not valid UTF-8 / JSON") from None
-    return ids, vectors, payloads
+    attributes = parse_attributes(attr_raw, rows)
+    return ids, vectors, payloads, attributes
 
 
 def read_manifest(data: bytes, name: str, kek: bytes) -> dict:

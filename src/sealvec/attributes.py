@@ -124,7 +124,7 @@ def parse_attributes(view: memoryview, rows: int) -> dict[str, Column]:
         take(_pad(rows))
         numbers = np.frombuffer(view, dtype="<f8", count=rows, offset=take(8 * rows))
         offsets = np.frombuffer(view, dtype="<u8", count=rows + 1, offset=take(8 * (rows + 1)))
-        data_len = int(offsets[-1]) if rows + 1 else 0
+        data_len = int(offsets[-1])
         if offsets[0] != 0 or np.any(np.diff(offsets.astype(np.int64)) < 0):
             raise IntegrityError("shard attribute string offsets are inconsistent")
         data_start = take(data_len)

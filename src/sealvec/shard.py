@@ -281,6 +281,8 @@ class LoadedShard:
         self._lock = threading.Lock()
         self.ids_offsets, self.ids_data = _split_strings(ids, rows, "ids")
         self.payload_offsets, self.payload_data = _split_strings(payloads, rows, "payloads")
+        with memoryview(attributes) as view:
+            parse_attributes(view, rows)  # fail closed now, not at the first filter
 
     @property
     def nbytes(self) -> int:

@@ -108,10 +108,20 @@ def check_documents(documents: Any, count: int) -> list[str | None]:
             raise ValidationError(
                 f"documents[{position}] must be str or None, got {type(value).__name__}"
             )
+        if value is not None and not _is_unicode(value):
+            raise ValidationError(f"documents[{position}] is not valid Unicode (lone surrogate)")
     return documents
 
 
 _SCALARS = (str, int, float, bool, type(None))
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_metadata(metadata: Any, count: int) -> list[dict[str, Any]]:
@@ -132,6 +142,9 @@ def check_metadata(metadata: Any, count: int) -> list[dict[str, Any]]:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValidationError(f"metadata[{position}] has a non-str key")
+            for text in (key, item):
+                if isinstance(text, str) and not _is_unicode(text):
+                    raise ValidationError(f"metadata[{position}] holds text that is not valid Unicode")
             if not isinstance(item, _SCALARS):
                 raise ValidationError(
                     f"metadata[{position}][{key!r}] must be str, int, float, bool or None"

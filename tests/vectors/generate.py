@@ -9,12 +9,21 @@ here, so the same bytes come out on every run. The files are laid out as a store
 
 - shard A: 3 rows x dimension 4, default segment size (one segment per section);
 - shard B: 5 rows x dimension 4, segment size 32, so every section spans several
-  segments (vectors: 32+32+16 bytes, ids: exactly 2 full segments, payloads: many);
+  segments (vectors: 32+32+16 bytes, ids: exactly 2 full segments, payloads and
+  attributes: many);
 - manifest generation 7 naming both shards, its collection key wrapped (RFC 5649)
   under a fixed key-encryption key with id ``local:test-kek/1``.
 
-``shard-v1.json`` lists every input and the SHA-256 of every file; the tests in
-``tests/test_format_vectors.py`` check the files against it.
+Each shard has the four sections vectors (1), ids (2), payloads (3) and attributes
+(5). The records' metadata exercises every attribute tag: strings (empty and
+non-ASCII too), integers (up to +-2**53), floats, true, false, null, keys that only
+some rows have, rows without metadata, and keys whose UTF-8 byte order is not a
+case-insensitive order (shard B: "Tenant" < "flag" < ... < "tenant"; shard A: the
+non-ASCII "ünit" after every ASCII key).
+
+``shard-v1.json`` lists every input, each section's plaintext length and SHA-256,
+and the SHA-256 of every file; the tests in ``tests/test_format_vectors.py`` check
+the files against it.
 """
 
 from __future__ import annotations
@@ -36,12 +45,14 @@ from sealvec.sealed import (  # noqa: E402
     DTYPE_FLOAT32,
     KIND_MANIFEST,
     KIND_SHARD,
+    SECTION_ATTRIBUTES,
     SECTION_IDS,
     SECTION_MANIFEST_BODY,
     SECTION_PAYLOADS,
     SECTION_VECTORS,
     SealedWriter,
 )
+from sealvec.attributes import encode_attributes  # noqa: E402
 from sealvec.shard import encode_payload, encode_strings, vector_segment_size  # noqa: E402
 
 
@@ -70,10 +81,13 @@ SHARDS = [
             [-2.5, 0.25, 1.5, -0.0625],
         ],
         "payloads": [
-            {"document": "The first document.", "metadata": {"lang": "en", "n": 1}},
+            {
+                "document": "The first document.",
+                "metadata": {"lang": "en", "n": 1, "score": 0.5, "draft": False},
+            },
             {
                 "document": "Zweites Dokument — mit Umlauten: äöü ✓",
-                "metadata": {"tags": ["x", "y"], "score": 0.5},
+                "metadata": {"lang": "de", "n": -7, "score": 2.25, "draft": True, "ünit": "cm"},
             },
             {"document": None, "metadata": {}},
         ],
@@ -97,10 +111,16 @@ SHARDS = [
             [0.5, 0.5, -0.5, -0.5],
         ],
         "payloads": [
-            {"document": "delta doc", "metadata": {"i": 0}},
-            {"document": "", "metadata": {"empty": True}},
-            {"document": "日本語のドキュメント", "metadata": {"nested": {"a": [1, 2, 3]}}},
-            {"document": None, "metadata": {"null": None}},
+            {"document": "delta doc", "metadata": {"i": 0, "tenant": "t1"}},
+            {"document": "", "metadata": {"i": 1, "flag": True, "note": ""}},
+            {
+                "document": "日本語のドキュメント",
+                "metadata": {"i": 2**53, "tenant": "日本", "ratio": -0.125},
+            },
+            {
+                "document": None,
+                "metadata": {"i": -(2**53), "null": None, "flag": False, "Tenant": "upper"},
+            },
             {"document": "last", "metadata": {}},
         ],
         "deleted": [1],
@@ -119,21 +139,41 @@ MANIFEST = {
 }
 
 
-def shard_sections(shard: dict) -> tuple[bytes, bytes, bytes]:
-    """Plaintext of the vectors, ids and payloads sections."""
+SECTION_NAMES = {
+    SECTION_VECTORS: "vectors",
+    SECTION_IDS: "ids",
+    SECTION_PAYLOADS: "payloads",
+    SECTION_ATTRIBUTES: "attributes",
+}
+
+
+def shard_sections(shard: dict) -> tuple[bytes, bytes, bytes, bytes]:
+    """Plaintext of the vectors, ids, payloads and attributes sections."""
     vectors = np.asarray(shard["vectors"], dtype="<f4").reshape(len(shard["ids"]), -1)
     ids = encode_strings([i.encode("utf-8") for i in shard["ids"]])
     payloads = encode_strings(
         [encode_payload(p["document"], p["metadata"]) for p in shard["payloads"]]
     )
-    return vectors.tobytes(), ids, payloads
+    attributes = encode_attributes([p["metadata"] for p in shard["payloads"]])
+    return vectors.tobytes(), ids, payloads, attributes
+
+
+def section_table(shard: dict) -> list[tuple[int, bytes, int]]:
+    """(section id, plaintext, segment size) of every section, in order."""
+    vectors, ids, payloads, attributes = shard_sections(shard)
+    seg = shard["segment_size"]
+    return [
+        (SECTION_VECTORS, vectors, vector_segment_size(len(shard["vectors"][0]), seg)),
+        (SECTION_IDS, ids, seg),
+        (SECTION_PAYLOADS, payloads, seg),
+        (SECTION_ATTRIBUTES, attributes, seg),
+    ]
 
 
 def seal_shard(shard: dict) -> bytes:
-    vectors, ids, payloads = shard_sections(shard)
+    table = section_table(shard)
     rows = len(shard["ids"])
     dimension = len(shard["vectors"][0])
-    seg = shard["segment_size"]
     writer = SealedWriter(
         kind=KIND_SHARD,
         root_key=shard["data_key"],
@@ -142,18 +182,13 @@ def seal_shard(shard: dict) -> bytes:
         dimension=dimension,
         dtype=DTYPE_FLOAT32,
         row_count=rows,
-        sections=[
-            (SECTION_VECTORS, len(vectors), vector_segment_size(dimension, seg)),
-            (SECTION_IDS, len(ids), seg),
-            (SECTION_PAYLOADS, len(payloads), seg),
-        ],
+        sections=[(sid, len(plain), seg) for sid, plain, seg in table],
         salt=shard["salt"],
         nonce_prefix=shard["nonce_prefix"],
     )
     out = writer.header_bytes()
-    out += b"".join(writer.seal_section(SECTION_VECTORS, vectors))
-    out += b"".join(writer.seal_section(SECTION_IDS, ids))
-    out += b"".join(writer.seal_section(SECTION_PAYLOADS, payloads))
+    for sid, plain, _ in table:
+        out += b"".join(writer.seal_section(sid, plain))
     assert len(out) == writer.total_size
     return out
 
@@ -264,6 +299,17 @@ def build() -> tuple[dict[str, bytes], dict]:
                 "header_sha256": hashlib.sha256(
                     sealed_shards[s["name"]][: header_len(sealed_shards[s["name"]])]
                 ).hexdigest(),
+                "sections": [
+                    {
+                        "id": sid,
+                        "name": SECTION_NAMES[sid],
+                        "segment_size": seg,
+                        "plain_len": len(plain),
+                        "segment_count": max(1, -(-len(plain) // seg)),
+                        "plaintext_sha256": hashlib.sha256(plain).hexdigest(),
+                    }
+                    for sid, plain, seg in section_table(s)
+                ],
             }
             for s in SHARDS
         ],
