@@ -120,3 +120,72 @@ def test_init_then_ingest_dimension_mismatch(tmp_path):
     sealvec("init", str(store), "--dim", "8")
     result = sealvec("ingest", str(store), str(JSONL), "--vectors", str(VECTORS), check=False)
     assert result.returncode == 2 and "dimension 8" in result.stderr
+
+
+def test_lifecycle_commands_with_json(tmp_path):
+    store = tmp_path / "life"
+    sealvec(
+        "ingest", str(store), str(JSONL), "--vectors", str(VECTORS),
+        "--model", "local:all-MiniLM-L6-v2", "--batch-size", "1000",
+    )
+    deleted = json.loads(sealvec("delete", str(store), "csv.Dialect", "missing.id", "--json").stdout)
+    assert deleted["deleted"] == 1
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("csv.Sniffer\ncsv.excel_tab\n")
+    forgotten = json.loads(sealvec("forget", str(store), "--ids-file", str(ids_file), "--json").stdout)
+    assert forgotten["forgotten"] == 2
+    compacted = json.loads(sealvec("compact", str(store), "--json").stdout)
+    # forget already rewrote the shard holding the deleted row, without it.
+    assert compacted["shards_after"] == 1 and compacted["rows_dropped"] == 0
+    rotated = json.loads(sealvec("rotate-key", str(store), "--collection-key", "--json").stdout)
+    assert rotated["previous_key_id"] == "local:default/1" and rotated["key_id"] == "local:default/2"
+    stats = json.loads(sealvec("stats", str(store), "--json").stdout)
+    assert stats["records"] == 3387 and stats["key_id"] == "local:default/2"
+    vectors = np.load(VECTORS)
+    np.save(tmp_path / "q.npy", vectors[0])
+    filtered = json.loads(
+        sealvec("query", str(store), "--vector", str(tmp_path / "q.npy"), "-k", "3",
+                "--where", '{"module": "json"}', "--json").stdout
+    )[0]
+    assert len(filtered) == 3 and {h["metadata"]["module"] for h in filtered} == {"json"}
+    bad = sealvec("query", str(store), "--vector", str(tmp_path / "q.npy"), "--where", "[1]", check=False)
+    assert bad.returncode == 2 and "JSON object" in bad.stderr
+    sealvec("verify", str(store))
+
+
+def test_config_file_names_the_store(tmp_path):
+    store = tmp_path / "configured"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[sealvec]\nstore = "{store}"\nkey = "local:cfg"\n')
+    sealvec("--config", str(config), "init", "--dim", "4")
+    stats = json.loads(sealvec("--config", str(config), "stats", "--json").stdout)
+    assert stats["key_id"] == "local:cfg/1" and stats["location"] == str(store)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sealvec]\nunknown_setting = 1\n')
+    result = sealvec("--config", str(bad), "stats", check=False)
+    assert result.returncode == 2 and "unknown setting" in result.stderr
+
+
+def test_query_watch_picks_up_new_generations(tmp_path):
+    store = tmp_path / "watched"
+    sealvec("init", str(store), "--dim", "4", "--metric", "ip")
+    np.save(tmp_path / "q.npy", np.ones(4, dtype=np.float32))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "sealvec", "query", str(store), "--vector",
+         str(tmp_path / "q.npy"), "--watch", "0.1", "--json", "-k", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        import sealvec as library
+
+        with library.Collection.open(store) as collection:
+            collection.add(["x"], np.ones((1, 4), dtype=np.float32))
+        deadline = __import__("time").monotonic() + 60
+        seen = ""
+        while '"x"' not in seen and __import__("time").monotonic() < deadline:
+            seen += watcher.stdout.readline()
+        assert '"x"' in seen
+    finally:
+        watcher.kill()
+        watcher.wait()

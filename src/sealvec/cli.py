@@ -53,25 +53,43 @@ def _exit_code(error: SealvecError) -> int:
 
 
 class _Settings:
-    def __init__(self, keyring: str | None, memory_lock: str, threads: int) -> None:
-        self.keyring = keyring
-        self.memory_lock = memory_lock
-        self.threads = threads
+    """What every command needs: merged settings, storage and key providers."""
+
+    def __init__(self, settings) -> None:
+        from sealvec.config import RoutingKeyProvider
+
+        self.settings = settings
+        self.memory_lock = settings.memory_lock
+        self.threads = settings.threads
+        self._provider = RoutingKeyProvider(settings)
 
     def provider(self):
-        from sealvec.keys import LocalKeyring
+        return self._provider
 
-        return LocalKeyring(self.keyring, os.environ.get("SEALVEC_KEYRING_PASSPHRASE"))
+    def storage(self, store: str | None):
+        from sealvec.config import open_storage
 
-    def open(self, store: str):
+        location = store or self.settings.store
+        if not location:
+            raise ValidationError(
+                "name a store: an argument, SEALVEC_STORE, or store= in the config file"
+            )
+        return open_storage(location, self.settings)
+
+    def open(self, store: str | None):
         from sealvec.collection import Collection
 
         return Collection.open(
-            store,
-            key_provider=self.provider(),
+            self.storage(store),
+            key_provider=self._provider,
             memory_lock=self.memory_lock,
             threads=self.threads,
         )
+
+    def embedder(self):
+        from sealvec.config import embedder_for
+
+        return embedder_for(self.settings)
 
 
 def _progress() -> Progress:
@@ -89,43 +107,61 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
-store_argument = click.argument(
-    "store", type=click.Path(file_okay=False, path_type=str), envvar="SEALVEC_STORE"
-)
+store_argument = click.argument("store", required=False)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", help="TOML settings file (default ~/.config/sealvec/config.toml).")
 @click.option(
     "--keyring",
-    envvar="SEALVEC_KEYRING",
-    help="Local keyring file (default ~/.config/sealvec/keyring.json). "
+    help="Local keyring file (default ~/.config/sealvec/keyring.json; or SEALVEC_KEYRING). "
     "Passphrase, if any, from SEALVEC_KEYRING_PASSPHRASE.",
 )
 @click.option(
     "--memory-lock",
     type=click.Choice(["required", "best_effort"]),
-    default="required",
-    envvar="SEALVEC_MEMORY_LOCK",
-    show_default=True,
-    help="Refuse to run without locked memory, or continue unlocked with a warning.",
+    default=None,
+    help="Refuse to run without locked memory (default), or continue unlocked with a warning.",
 )
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="0 = all cores.")
+@click.option("--threads", type=click.IntRange(min=0), default=None, help="0 = all cores.")
+@click.option("--ca-file", help="CA bundle for Azure and OpenAI endpoints (TLS is always verified).")
+@click.option(
+    "--embedder",
+    type=click.Choice(["local", "openai", "azure-openai"]),
+    default=None,
+    help="Embedder for texts (default local; others configured in the config file).",
+)
 @click.option("-v", "--verbose", count=True, help="Log progress (-v) or details (-vv).")
 @click.version_option(package_name="sealvec")
 @click.pass_context
-def cli(ctx: click.Context, keyring, memory_lock, threads, verbose) -> None:
-    """sealvec: an encrypted vector store for retrieval over sensitive data."""
+def cli(ctx: click.Context, config_path, keyring, memory_lock, threads, ca_file, embedder, verbose) -> None:
+    """sealvec: an encrypted vector store for retrieval over sensitive data.
+
+    STORE is a directory or an Azure blob URL (https://ACCOUNT.blob.core.windows.net/
+    CONTAINER/PREFIX); it may be left out when SEALVEC_STORE or the config file names it.
+    """
+    from sealvec.config import load_settings
+
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = _Settings(keyring, memory_lock, threads)
+    ctx.obj = _Settings(
+        load_settings(
+            config_path,
+            keyring=keyring,
+            memory_lock=memory_lock,
+            threads=threads,
+            ca_file=ca_file,
+            embedder=embedder,
+        )
+    )
 
 
 @cli.command()
 @store_argument
 @click.option("--dim", "dimension", type=click.IntRange(1, 65536), required=True)
 @click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine")
-@click.option("--key", "key_id", default="local:default", show_default=True)
+@click.option("--key", "key_id", default=None, help="local:NAME or a Key Vault key URL.")
 @click.option("--model", default=None, help="Label of the embedding model, e.g. local:all-MiniLM-L6-v2.")
 @json_option
 @click.pass_obj
@@ -134,11 +170,11 @@ def init(settings: _Settings, store, dimension, metric, key_id, model, as_json) 
     from sealvec.collection import Collection
 
     with Collection.create(
-        store,
+        settings.storage(store),
         dimension=dimension,
         metric=metric,
-        key_id=key_id,
-        key_provider=settings.provider(),
+        key_id=key_id or settings.settings.key,
+        key_provider=_creation_provider(settings, key_id or settings.settings.key),
         model=model,
         memory_lock=settings.memory_lock,
     ) as collection:
@@ -179,7 +215,7 @@ def _read_jsonl(path: Path, id_field: str, text_field: str) -> list[dict[str, An
 @click.option("--id-field", default="id", show_default=True)
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine")
-@click.option("--key", "key_id", default="local:default", show_default=True)
+@click.option("--key", "key_id", default=None, help="local:NAME or a Key Vault key URL.")
 @click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=512, show_default=True)
 @click.option(
     "--on-existing",
@@ -221,20 +257,19 @@ def ingest(
             )
         dimension = matrix.shape[1]
     else:
-        from sealvec.embedders import default_embedder
-
-        embedder = default_embedder()
+        embedder = settings.embedder()
         dimension, model = embedder.dimension, embedder.model_label
 
-    if collection_exists(store):
+    storage = settings.storage(store)
+    if collection_exists(storage):
         collection = settings.open(store)
     else:
         collection = Collection.create(
-            store,
+            storage,
             dimension=dimension,
             metric=metric,
-            key_id=key_id,
-            key_provider=settings.provider(),
+            key_id=key_id or settings.settings.key,
+            key_provider=_creation_provider(settings, key_id or settings.settings.key),
             model=model,
             memory_lock=settings.memory_lock,
             threads=settings.threads,
@@ -266,18 +301,23 @@ def ingest(
         )
 
 
-def _query_vector(collection, text: str | None, vector_path: Path | None) -> np.ndarray:
+def _creation_provider(settings: _Settings, key_id: str):
+    """The provider for a new collection; a local key is created if missing."""
+    return settings.provider().local if key_id.startswith("local:") else settings.provider()
+
+
+def _query_vector(
+    settings: _Settings, collection, text: str | None, vector_path: Path | None
+) -> np.ndarray:
     if (text is None) == (vector_path is None):
         raise ValidationError("give a query TEXT or --vector FILE.npy, not both")
     if vector_path is not None:
         return np.load(vector_path, allow_pickle=False)
-    from sealvec.embedders import default_embedder
-
-    embedder = default_embedder()
+    embedder = settings.embedder()
     if collection.model not in (None, embedder.model_label):
         raise ValidationError(
-            f"the collection was embedded with {collection.model}; the local embedder is "
-            f"{embedder.model_label}. Query with --vector instead"
+            f"the collection was embedded with {collection.model}; the configured embedder "
+            f"is {embedder.model_label}. Configure that embedder or query with --vector"
         )
     return embedder.embed_query(text)
 
@@ -303,7 +343,7 @@ def query(
     where = _parse_where(where_json)
     include = ("documents", "metadata") if documents else ("metadata",)
     with settings.open(store) as collection:
-        vector = _query_vector(collection, text, vector_path)
+        vector = _query_vector(settings, collection, text, vector_path)
         while True:
             results = collection.search(vector, k=k, include=include, where=where)
             _show_results(results, documents, as_json)
@@ -381,7 +421,7 @@ def verify(settings: _Settings, store, as_json) -> None:
             progress.update(task, completed=done, total=total)
 
         report = verify_store(
-            store,
+            settings.storage(store),
             key_provider=settings.provider(),
             memory_lock=settings.memory_lock,
             on_progress=advance,
@@ -505,11 +545,11 @@ def compact(settings: _Settings, store, target_rows, as_json) -> None:
 def rotate_key(settings: _Settings, store, rotate_collection_key, new_kek_version, as_json) -> None:
     """Re-wrap the collection key under a new key-encryption key version; no vector is
     re-encrypted. The old version can then be removed from the keyring."""
-    provider = settings.provider()
+    keyring = settings.provider().local
     with settings.open(store) as collection:
         previous = collection.key_id
         if new_kek_version and previous.startswith("local:"):
-            provider.rotate_key(provider.unversioned(previous).removeprefix("local:"))
+            keyring.rotate_key(keyring.unversioned(previous).removeprefix("local:"))
         key_id = collection.rotate_key_encryption_key()
         if rotate_collection_key:
             key_id = collection.rotate_collection_key()

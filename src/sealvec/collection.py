@@ -181,6 +181,7 @@ def _as_storage(location: str | os.PathLike[str] | Storage) -> Storage:
 
 
 def _check_keyring_outside(storage: Storage, provider: KeyProvider) -> None:
+    provider = getattr(provider, "local", provider)  # a routing provider's keyring
     if isinstance(provider, LocalKeyring) and isinstance(storage, LocalDirectory):
         keyring = provider.path.expanduser().absolute()
         if keyring.is_relative_to(storage.root):
