@@ -19,6 +19,7 @@ def _isolated_keyring(tmp_path_factory, monkeypatch):
     """Every test gets its own keyring file, outside every store."""
     keyring_dir = tmp_path_factory.mktemp("keyring")
     monkeypatch.setenv("SEALVEC_KEYRING", str(keyring_dir / "keyring.json"))
+    monkeypatch.setenv("SEALVEC_STATE_DIR", str(keyring_dir / "state"))
     monkeypatch.delenv("SEALVEC_KEYRING_PASSPHRASE", raising=False)
     yield
 

@@ -170,6 +170,13 @@ def test_older_manifest_put_back_is_refused(store):
         _open_and_query(store)
 
 
+def test_rollback_by_deleting_newer_manifests_is_refused_by_a_later_process(store):
+    make_store(store)
+    _manifests(store)[-1].unlink()
+    with pytest.raises(IntegrityError, match="rollback refused"):
+        _open_and_query(store)
+
+
 def test_rollback_by_deleting_newer_manifests_is_refused_by_an_open_reader(store):
     make_store(store)
     with Collection.open(store) as reader:

@@ -35,6 +35,7 @@ def ingested(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("cli")
     store = root / "store"
     os.environ["SEALVEC_KEYRING"] = str(root / "keyring.json")
+    os.environ["SEALVEC_STATE_DIR"] = str(root / "state")
     result = sealvec(
         "ingest", str(store), str(JSONL), "--vectors", str(VECTORS),
         "--model", "local:all-MiniLM-L6-v2", "--json",

@@ -36,6 +36,7 @@ from sealvec.errors import (
     StorageError,
     ValidationError,
 )
+from sealvec.generations import GenerationRecord
 from sealvec.keys import (
     KeyProvider,
     LocalKeyring,
@@ -197,6 +198,21 @@ def _check_memory_lock(memory_lock: str) -> None:
         )
 
 
+def _read_latest_manifest(storage: Storage) -> tuple[str, bytes]:
+    """Name and bytes of the newest manifest; re-lists if a writer pruned it meanwhile."""
+    for attempt in range(3):
+        generation = _latest_generation(storage)
+        if generation is None:
+            raise CollectionNotFoundError(f"no collection at {storage.location}")
+        name = manifest_name(generation)
+        try:
+            return name, storage.get(name)
+        except StorageError as error:
+            if not isinstance(error.__cause__, FileNotFoundError) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _latest_generation(storage: Storage) -> int | None:
     generations = [
         g for g in map(parse_manifest_name, storage.list(MANIFEST_PREFIX)) if g is not None
@@ -231,6 +247,9 @@ class Collection:
         self._state_lock = threading.Lock()
         self._closed = False
         self._seen_generation = opened.manifest.generation
+        self._generations = GenerationRecord()
+        self._generations.check(opened.manifest.collection_id, opened.manifest.generation)
+        self._generations.record(opened.manifest.collection_id, opened.manifest.generation)
         self._refresher: tuple[threading.Event, threading.Thread] | None = None
         self.last_refresh_error: SealvecError | None = None
         self._state: _State = self._build_state(opened.manifest, {})
@@ -318,13 +337,8 @@ class Collection:
         _check_keyring_outside(storage, provider)
         if not storage.exists():
             raise CollectionNotFoundError(f"no collection at {storage.location}")
-        generation = _latest_generation(storage)
-        if generation is None:
-            raise CollectionNotFoundError(f"no collection at {storage.location}")
-        name = manifest_name(generation)
-        opened = open_manifest(
-            storage.get(name), name=name, provider=provider, memory_lock=memory_lock
-        )
+        name, raw = _read_latest_manifest(storage)
+        opened = open_manifest(raw, name=name, provider=provider, memory_lock=memory_lock)
         try:
             collection = cls(storage, provider, opened, memory_lock=memory_lock, threads=threads)
         except BaseException:
@@ -444,6 +458,7 @@ class Collection:
             old.retired = True
             if old.users == 0:
                 self._dispose(old)
+        self._generations.record(state.manifest.collection_id, state.manifest.generation)
 
     def _build_state(
         self, manifest: Manifest, ready: dict[bytes, LoadedShard]
@@ -538,9 +553,10 @@ class Collection:
             )
         if latest == self._state.manifest.generation:
             return False
-        name = manifest_name(latest)
+        name, raw = _read_latest_manifest(self._storage)
+        latest = parse_manifest_name(name)
         opened = open_manifest(
-            self._storage.get(name),
+            raw,
             name=name,
             provider=self._provider,
             cached_key=(self._key_id, self._wrapped_collection_key, self._collection_key),
