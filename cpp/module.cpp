@@ -1,4 +1,4 @@
-// sealvec._core: locked memory, the top-k search kernel and the id table.
+// sealvec._core: locked memory, the top-k search kernel, the id table and metadata filters.
 #include <pybind11/pybind11.h>
 
 #include "id_table.hpp"
@@ -6,11 +6,13 @@
 
 namespace sealvec {
 void register_search(pybind11::module_& module);
+void register_filter(pybind11::module_& module);
 }
 
 PYBIND11_MODULE(_core, module) {
-  module.doc() = "sealvec native core: SecureBuffer, search, IdTable.";
+  module.doc() = "sealvec native core: SecureBuffer, search, IdTable, filter_mask.";
   sealvec::register_secure_buffer(module);
   sealvec::register_search(module);
   sealvec::register_id_table(module);
+  sealvec::register_filter(module);
 }

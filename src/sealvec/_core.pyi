@@ -1,4 +1,5 @@
-"""Type stub for sealvec._core, the native core (locked memory, search kernel, id table)."""
+"""Type stub for sealvec._core, the native core (locked memory, search kernel, id table,
+metadata filters)."""
 
 from collections.abc import Sequence
 from types import TracebackType
@@ -82,3 +83,24 @@ class IdTable:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool: ...
+
+FilterValue = None | bool | int | float | str
+FilterStep = (
+    tuple[Literal["cmp"], str, Literal["eq", "ne", "gt", "gte", "lt", "lte"], FilterValue]
+    | tuple[Literal["in"], str, list[FilterValue], bool]
+    | tuple[Literal["and", "or"], int]
+)
+
+def filter_mask(
+    sections: Sequence[Buffer],
+    rows: Sequence[int],
+    program: list[FilterStep],
+    base_mask: Buffer | None = None,
+) -> npt.NDArray[np.uint8]:
+    """0/1 per row of the concatenated attributes sections (``sections[i]`` holds ``rows[i]``
+    rows) where the postfix ``program`` from ``sealvec.attributes.compile_where`` holds,
+    ANDed with ``base_mask`` (uint8 per row) when given.
+
+    Sections are validated in full and read in place. ValueError names a malformed section,
+    a malformed program, or mismatched lengths.
+    """
