@@ -47,6 +47,7 @@ from sealvec.keys import (
 )
 from sealvec.manifest import (
     MANIFEST_PREFIX,
+    load_manifest_shard,
     METRICS,
     Manifest,
     OpenedManifest,
@@ -61,7 +62,6 @@ from sealvec.shard import (
     encode_payload,
     encode_strings,
     gather_rows,
-    load_shard,
     secure_copy,
     SHARD_PREFIX,
     shard_object_name,
@@ -493,23 +493,9 @@ class Collection:
             return {}
 
         def load(entry: ShardEntry) -> LoadedShard:
-            data_key = unwrap_data_key(
-                self._collection_key, entry.wrapped_data_key, self._memory_lock
+            return load_manifest_shard(
+                self._storage, manifest, entry, self._collection_key, self._memory_lock
             )
-            try:
-                return load_shard(
-                    self._storage,
-                    collection_id=manifest.collection_id,
-                    shard_id=entry.shard_id,
-                    dimension=manifest.dimension,
-                    rows=entry.rows,
-                    header_sha256=entry.header_sha256,
-                    size=entry.size,
-                    data_key=data_key,
-                    memory_lock=self._memory_lock,
-                )
-            finally:
-                data_key.close()
 
         started = time.perf_counter()
         workers = min(len(entries), self._threads or os.cpu_count() or 1)

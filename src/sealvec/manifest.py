@@ -19,7 +19,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sealvec.errors import IntegrityError
-from sealvec.keys import KeyProvider, SecretKey
+from sealvec.keys import KeyProvider, SecretKey, unwrap_data_key
+from sealvec.shard import LoadedShard, load_shard
+from sealvec.storage import Storage
 from sealvec.sealed import (
     DEFAULT_SEGMENT_SIZE,
     KIND_MANIFEST,
@@ -245,3 +247,28 @@ def open_manifest(
             collection_key.close()
         raise
     return OpenedManifest(manifest, header.key_id, header.wrapped_key, collection_key, unwrapped_now)
+
+
+def load_manifest_shard(
+    storage: Storage,
+    manifest: Manifest,
+    entry: ShardEntry,
+    collection_key: SecretKey,
+    memory_lock: str,
+) -> LoadedShard:
+    """Unwrap a shard's data key and decrypt the shard into locked memory."""
+    data_key = unwrap_data_key(collection_key, entry.wrapped_data_key, memory_lock)
+    try:
+        return load_shard(
+            storage,
+            collection_id=manifest.collection_id,
+            shard_id=entry.shard_id,
+            dimension=manifest.dimension,
+            rows=entry.rows,
+            header_sha256=entry.header_sha256,
+            size=entry.size,
+            data_key=data_key,
+            memory_lock=memory_lock,
+        )
+    finally:
+        data_key.close()

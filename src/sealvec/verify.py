@@ -7,14 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 from sealvec.errors import CollectionNotFoundError, IntegrityError, KeyNotFoundError
-from sealvec.keys import KeyProvider, LocalKeyring, SecretKey, unwrap_data_key
+from sealvec.keys import KeyProvider, LocalKeyring, SecretKey
 from sealvec.manifest import (
     MANIFEST_PREFIX,
+    load_manifest_shard,
     manifest_name,
     open_manifest,
     parse_manifest_name,
 )
-from sealvec.shard import load_shard, shard_object_name
+from sealvec.shard import shard_object_name
 from sealvec.storage import LocalDirectory, Storage
 
 
@@ -84,22 +85,7 @@ def verify_store(
         rows = 0
         total = len(manifest.shards)
         for done, entry in enumerate(manifest.shards, start=1):
-            data_key = unwrap_data_key(cached[2], entry.wrapped_data_key, memory_lock)
-            try:
-                shard = load_shard(
-                    storage,
-                    collection_id=manifest.collection_id,
-                    shard_id=entry.shard_id,
-                    dimension=manifest.dimension,
-                    rows=entry.rows,
-                    header_sha256=entry.header_sha256,
-                    size=entry.size,
-                    data_key=data_key,
-                    memory_lock=memory_lock,
-                )
-                shard.release()
-            finally:
-                data_key.close()
+            load_manifest_shard(storage, manifest, entry, cached[2], memory_lock).release()
             rows += entry.rows
             if on_progress:
                 on_progress(done, total)
