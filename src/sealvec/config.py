@@ -199,6 +199,8 @@ def embedder_for(settings: Settings):
         from sealvec.openai_embedders import OpenAIEmbedder
 
         options = dict(settings.openai)
+        if "model" not in options or "dimension" not in options:
+            raise ValidationError("the [openai] table needs model and dimension")
         return OpenAIEmbedder(
             options.pop("model"),
             dimension=int(options.pop("dimension")),
@@ -210,13 +212,25 @@ def embedder_for(settings: Settings):
         from sealvec.openai_embedders import AzureOpenAIEmbedder
 
         options = dict(settings.azure_openai)
+        missing = {"endpoint", "deployment", "dimension", "api_version"} - set(options)
+        if missing:
+            raise ValidationError(f"the [azure_openai] table needs {', '.join(sorted(missing))}")
+        credentials: dict[str, Any] = {}
+        if os.environ.get("AZURE_OPENAI_API_KEY"):
+            credentials["api_key"] = os.environ["AZURE_OPENAI_API_KEY"]
+        else:
+            from azure.identity import DefaultAzureCredential, get_bearer_token_provider
+
+            credentials["azure_ad_token_provider"] = get_bearer_token_provider(
+                DefaultAzureCredential(), "https://cognitiveservices.azure.com/.default"
+            )
         return AzureOpenAIEmbedder(
             options.pop("endpoint"),
             options.pop("deployment"),
             dimension=int(options.pop("dimension")),
             api_version=options.pop("api_version"),
-            api_key=os.environ.get("AZURE_OPENAI_API_KEY"),
             ca_file=settings.ca_file,
+            **credentials,
             **options,
         )
     raise ValidationError(
