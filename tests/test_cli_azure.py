@@ -61,3 +61,31 @@ def test_plain_http_to_a_remote_host_is_refused(tmp_path):
                  check=False)
     assert result.returncode == 2 and "http" in result.stderr.lower()
     assert "Traceback" not in result.stderr
+
+
+def test_ingest_and_text_query_through_azure_openai(tmp_path):
+    from openai_standin import OpenAIStandIn
+    from tls import make_tls
+
+    tls = make_tls(tmp_path / "tls")
+    with OpenAIStandIn(tls, dimension=64, max_inputs=100) as standin:
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[sealvec]\nembedder = "azure-openai"\nca_file = "{tls.ca}"\n\n'
+            f'[azure_openai]\nendpoint = "{standin.url}"\ndeployment = "embed-deploy"\n'
+            f'api_version = "2024-10-21"\ndimension = 64\nmax_inputs_per_request = 100\n'
+        )
+        records = tmp_path / "records.jsonl"
+        records.write_text("".join(
+            json.dumps({"id": f"r{i}", "text": f"record number {i}", "tenant": f"t{i % 2}"}) + "\n"
+            for i in range(250)
+        ))
+        env = {"AZURE_OPENAI_API_KEY": standin.api_key}
+        store = tmp_path / "store"
+        report = json.loads(run("--config", str(config), "ingest", str(store), str(records),
+                                "--batch-size", "100", "--json", env=env).stdout)
+        assert report["added"] == 250 and report["model"] == "azure-openai:embed-deploy"
+        assert standin.request_count == 3
+        hits = json.loads(run("--config", str(config), "query", str(store), "record number 7",
+                              "-k", "1", "--where", '{"tenant": "t1"}', "--json", env=env).stdout)[0]
+        assert hits[0]["id"] == "r7"
