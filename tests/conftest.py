@@ -28,7 +28,9 @@ def _isolated_keyring(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(autouse=True, scope="session")
 def _loopback_only():
-    """Refuse any connection to a non-loopback address for the whole session."""
+    """Refuse any connection to a non-loopback address for the whole session, here
+    and (through tests/sitecustomize.py) in every Python process the tests spawn."""
+    os.environ["SEALVEC_TEST_LOOPBACK_ONLY"] = "1"
     real_connect = socket.socket.connect
 
     def guarded(self, address):
