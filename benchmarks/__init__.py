@@ -1,0 +1,1 @@
+"""Benchmarks: ``benchmarks.suite.main(argv)`` runs the whole suite."""
