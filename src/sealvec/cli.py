@@ -562,6 +562,32 @@ def rotate_key(settings: _Settings, store, rotate_collection_key, new_kek_versio
     )
 
 
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("suite_args", nargs=-1, type=click.UNPROCESSED)
+def bench(suite_args) -> None:
+    """Run the benchmark suite (benchmarks/suite.py of a source checkout): sealvec
+    vs faiss, numpy and usearch, cold open and ingest vs AES-GCM, with ratios.
+    Arguments pass through, e.g. `sealvec bench --quick`."""
+    import importlib.util
+
+    candidates = [Path.cwd() / "benchmarks" / "suite.py"]
+    candidates += [p / "benchmarks" / "suite.py" for p in Path(__file__).resolve().parents[:3]]
+    suite = next((c for c in candidates if c.is_file()), None)
+    if suite is None:
+        raise ValidationError(
+            "sealvec bench needs the benchmarks/ folder of a source checkout; "
+            "run it from the repository root"
+        )
+    sys.path.insert(0, str(suite.parent.parent))
+    spec = importlib.util.spec_from_file_location("benchmarks.suite", suite)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.exit(module.main(list(suite_args)))
+
+
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
