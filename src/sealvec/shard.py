@@ -75,13 +75,16 @@ def encode_strings(values: Sequence[bytes]) -> bytes:
     return offsets.tobytes() + b"".join(values)
 
 
+_PAYLOAD_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_EMPTY_PAYLOAD = _PAYLOAD_ENCODER.encode({"document": None, "metadata": {}}).encode("utf-8")
+
+
 def encode_payload(document: str | None, metadata: dict | None) -> bytes:
-    return json.dumps(
-        {"document": document, "metadata": metadata or {}},
-        ensure_ascii=False,
-        separators=(",", ":"),
-        allow_nan=False,
-    ).encode("utf-8")
+    if document is None and not metadata:
+        return _EMPTY_PAYLOAD
+    return _PAYLOAD_ENCODER.encode({"document": document, "metadata": metadata or {}}).encode(
+        "utf-8"
+    )
 
 
 @dataclass(frozen=True)
