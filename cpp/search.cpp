@@ -7,6 +7,12 @@
 #include <exception>
 #include <limits>
 #include <thread>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+
+#include <sys/types.h>
+#include <unistd.h>
 
 namespace sealvec {
 
@@ -72,10 +78,15 @@ class TopK {
   std::vector<Candidate> items_;
 };
 
-constexpr std::size_t kQueryTile = 8;
-constexpr std::size_t kBlockBytes = 96 * 1024;  // a row block stays in L2 across a query tile
-constexpr double kSingleThreadWork = 2.0e6;     // multiply-adds below which threads cost more
-constexpr double kWorkPerThread = 1.0e6;
+// A query tile is scanned against every row before the next tile starts, so the rows come from
+// memory once per tile: as many queries as fit in about half of a typical L2, at most
+// kMaxQueryTile (whole kernel query groups where possible).
+constexpr std::size_t kQueryTileBytes = 256 * 1024;
+constexpr std::size_t kMaxQueryTile = 96;
+constexpr std::size_t kMaxBlockRows = 256;
+constexpr std::size_t kBlockBytes = 96 * 1024;  // raw scores of one block stay in L1/L2
+constexpr double kSingleThreadWork = 1.0e6;     // multiply-adds below which threads cost more
+constexpr double kWorkPerThread = 5.0e5;
 
 inline std::int64_t load_int64(const unsigned char* base, std::size_t index) {
   std::int64_t value;
@@ -103,7 +114,16 @@ class Searcher {
     }
     segment_starts_.push_back(start);
     const std::size_t row_bytes = request.dim * sizeof(float);
-    block_rows_ = std::clamp<std::size_t>(kBlockBytes / row_bytes, 16, 1024);
+    // Largest tile that fits, then evened out over the tiles it takes (multiples of 12 suit both
+    // the 4- and the 6-query register tiles).
+    const std::size_t largest_tile =
+        std::clamp<std::size_t>(kQueryTileBytes / row_bytes / 12 * 12, 12, kMaxQueryTile);
+    const std::size_t query_count = std::max<std::size_t>(1, request.query_count);
+    const std::size_t tiles = (query_count + largest_tile - 1) / largest_tile;
+    query_tile_ = (query_count + tiles - 1) / tiles;
+    query_tile_ = std::min(std::min((query_tile_ + 11) / 12 * 12, largest_tile), query_count);
+    block_rows_ = std::clamp<std::size_t>(kBlockBytes / (query_tile_ * sizeof(float)), 16,
+                                          kMaxBlockRows);
     // Cosine needs each query's norm once; accumulated in double, then rounded.
     if (request.metric == Metric::Cosine) {
       query_norms_.resize(request.query_count);
@@ -125,10 +145,10 @@ class Searcher {
             std::size_t row_end, std::vector<TopK>& heaps) const {
     heaps.resize(query_end - query_begin);
     for (TopK& heap : heaps) heap.reset(kept_);
-    std::vector<float> raw(kQueryTile * block_rows_);
+    std::vector<float> raw(query_tile_ * block_rows_);
     std::vector<float> row_sq_norms(block_rows_);
-    for (std::size_t tile = query_begin; tile < query_end; tile += kQueryTile) {
-      const std::size_t tile_queries = std::min(kQueryTile, query_end - tile);
+    for (std::size_t tile = query_begin; tile < query_end; tile += query_tile_) {
+      const std::size_t tile_queries = std::min(query_tile_, query_end - tile);
       // Visit each segment overlapping the row range, block by block.
       for (std::size_t s = 0; s < request_.segments.size(); ++s) {
         const std::size_t seg_begin = std::max(segment_starts_[s], row_begin);
@@ -188,12 +208,14 @@ class Searcher {
   BlockKernel kernel_;
   std::vector<std::size_t> segment_starts_;
   std::size_t block_rows_ = 16;
+  std::size_t query_tile_ = 1;
   std::vector<float> query_norms_;
 };
 
-// Runs task(i) for i in [0, count) on `count` threads; the first failure is rethrown once.
+// Runs task(i) for i in [0, count) on `count` new threads; the first failure is rethrown once.
+// Used only when the persistent pool is busy with another caller's search.
 template <class Task>
-void run_parallel(std::size_t count, const Task& task) {
+void run_on_new_threads(std::size_t count, const Task& task) {
   std::vector<std::exception_ptr> failures(count);
   std::vector<std::thread> workers;
   workers.reserve(count);
@@ -215,6 +237,113 @@ void run_parallel(std::size_t count, const Task& task) {
   if (start_failure) std::rethrow_exception(start_failure);
   for (const std::exception_ptr& failure : failures)
     if (failure) std::rethrow_exception(failure);
+}
+
+// Worker threads kept between searches, so a search does not pay thread start-up. One search
+// uses the pool at a time; the calling thread claims tasks as well. Grown on demand, never shrunk.
+// A forked child gets a fresh pool (the parent's workers do not exist there).
+class ThreadPool {
+ public:
+  static ThreadPool& instance() {
+    static std::mutex creation;
+    static ThreadPool* pool = nullptr;
+    static pid_t owner = 0;
+    std::lock_guard<std::mutex> lock(creation);
+    const pid_t pid = getpid();
+    if (pool == nullptr || owner != pid) {
+      pool = new ThreadPool();  // never destroyed: workers may outlive static destruction
+      owner = pid;
+    }
+    return *pool;
+  }
+
+  // Runs task(i) for i in [0, count); returns false, having run nothing, if the pool is busy
+  // or cannot grow. Task failures are rethrown (the first by index).
+  bool try_run(std::size_t count, const std::function<void(std::size_t)>& task) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    try {
+      while (workers_.size() + 1 < count) {
+        std::thread worker([this] { work(); });
+        worker.detach();
+        workers_.push_back(0);
+      }
+    } catch (...) {
+      return false;
+    }
+    std::vector<std::exception_ptr> failures(count);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      task_ = &task;
+      failures_ = &failures;
+      count_ = count;
+      next_.store(0);
+      pending_ = count;
+      ++generation_;
+    }
+    wake_.notify_all();
+    // The caller claims indices too, so a slow-waking worker delays nothing.
+    for (std::size_t index = next_.fetch_add(1); index < count; index = next_.fetch_add(1)) {
+      try {
+        task(index);
+      } catch (...) {
+        failures[index] = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      --pending_;
+    }
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      done_.wait(lock, [this] { return pending_ == 0; });
+      task_ = nullptr;
+    }
+    for (const std::exception_ptr& failure : failures)
+      if (failure) std::rethrow_exception(failure);
+    return true;
+  }
+
+ private:
+  void work() {
+    std::uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      // Claim indices until none are left; several workers may share one search.
+      while (task_ != nullptr) {
+        const std::size_t index = next_.fetch_add(1);
+        if (index >= count_) break;
+        const std::function<void(std::size_t)>* task = task_;
+        std::vector<std::exception_ptr>* failures = failures_;
+        lock.unlock();
+        try {
+          (*task)(index);
+        } catch (...) {
+          (*failures)[index] = std::current_exception();
+        }
+        lock.lock();
+        if (--pending_ == 0) done_.notify_one();
+      }
+    }
+  }
+
+  std::mutex busy_;  // held for a whole search
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<char> workers_;
+  const std::function<void(std::size_t)>* task_ = nullptr;
+  std::vector<std::exception_ptr>* failures_ = nullptr;
+  std::size_t count_ = 0;
+  std::atomic<std::size_t> next_{0};
+  std::size_t pending_ = 0;
+  std::uint64_t generation_ = 0;
+};
+
+// Runs task(i) for i in [0, count) in parallel; the first failure is rethrown once.
+template <class Task>
+void run_parallel(std::size_t count, const Task& task) {
+  const std::function<void(std::size_t)> wrapped = [&task](std::size_t i) { task(i); };
+  if (!ThreadPool::instance().try_run(count, wrapped)) run_on_new_threads(count, task);
 }
 
 }  // namespace
@@ -292,31 +421,16 @@ void run_search(const SearchRequest& request, std::size_t kept, float* scores,
   if (work < kSingleThreadWork) threads = 1;
   threads = std::min<std::size_t>(threads, static_cast<std::size_t>(work / kWorkPerThread) + 1);
 
-  const std::size_t query_tiles = (query_count + kQueryTile - 1) / kQueryTile;
-  if (threads == 1) {
+  threads = std::min(threads, row_count);
+  if (threads <= 1) {
     std::vector<TopK> heaps;
     searcher.scan(0, query_count, 0, row_count, heaps);
     for (std::size_t q = 0; q < query_count; ++q) searcher.emit(q, heaps[q].items(), scores, rows);
     return;
   }
 
-  if (query_tiles >= threads) {
-    // Enough query tiles: each thread owns whole queries and writes them directly.
-    run_parallel(threads, [&](std::size_t t) {
-      const std::size_t tile_begin = query_tiles * t / threads;
-      const std::size_t tile_end = query_tiles * (t + 1) / threads;
-      const std::size_t query_begin = tile_begin * kQueryTile;
-      const std::size_t query_end = std::min(query_count, tile_end * kQueryTile);
-      std::vector<TopK> heaps;
-      searcher.scan(query_begin, query_end, 0, row_count, heaps);
-      for (std::size_t q = query_begin; q < query_end; ++q)
-        searcher.emit(q, heaps[q - query_begin].items(), scores, rows);
-    });
-    return;
-  }
-
-  // Few queries: each thread scans a contiguous row range, then per-query heaps are merged.
-  threads = std::min(threads, row_count);
+  // Each thread scans a contiguous row range for every query (so the rows are read once in
+  // all), then per-query heaps are merged.
   std::vector<std::vector<TopK>> partial(threads);
   run_parallel(threads, [&](std::size_t t) {
     searcher.scan(0, query_count, row_count * t / threads, row_count * (t + 1) / threads,

@@ -9,6 +9,12 @@ namespace sealvec::simd_avx2 {
 struct Ops {
   using Vec = __m256;
   static constexpr std::size_t kWidth = 8;
+  // 16 ymm registers: 3 rows x 4 queries = 12 accumulators + 3 row vectors + 1 query vector.
+  static constexpr int kQueryGroup = 4;
+  static constexpr int rows_for(int queries, bool norms) {
+    return queries >= 4 ? 3 : queries == 3 ? (norms ? 2 : 3) : queries == 2 ? (norms ? 3 : 4)
+                                                                             : 4;
+  }
 
   static inline Vec zero() { return _mm256_setzero_ps(); }
   static inline Vec load(const float* p) { return _mm256_loadu_ps(p); }

@@ -9,6 +9,16 @@ namespace sealvec::simd_avx512 {
 struct Ops {
   using Vec = __m512;
   static constexpr std::size_t kWidth = 16;
+  // 32 zmm registers: 4 rows x 6 queries = 24 accumulators + 4 row vectors + 1 query vector.
+  static constexpr int kQueryGroup = 6;
+  static constexpr int rows_for(int queries, bool norms) {
+    return queries >= 6   ? 4
+           : queries == 5 ? 4
+           : queries == 4 ? 5
+           : queries == 3 ? 6
+           : queries == 2 ? (norms ? 6 : 8)
+                          : 8;
+  }
 
   static inline Vec zero() { return _mm512_setzero_ps(); }
   static inline Vec load(const float* p) { return _mm512_loadu_ps(p); }

@@ -10,6 +10,12 @@ struct Ops {
     float lane[4];
   };
   static constexpr std::size_t kWidth = 4;
+  // Same register budget as AVX2 (16 SSE registers on x86-64).
+  static constexpr int kQueryGroup = 4;
+  static constexpr int rows_for(int queries, bool norms) {
+    return queries >= 4 ? 3 : queries == 3 ? (norms ? 2 : 3) : queries == 2 ? (norms ? 3 : 4)
+                                                                             : 4;
+  }
 
   static inline Vec zero() { return Vec{{0.0f, 0.0f, 0.0f, 0.0f}}; }
   static inline Vec load(const float* p) {

@@ -133,6 +133,24 @@ def test_threads_are_deterministic_on_large_workloads(simd_level, metric, nq):
     np.testing.assert_allclose(results[0][0], want_scores, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dim", [3, 97, 1537])
+def test_batch_results_equal_single_query_results_bit_for_bit(simd_level, dim, metric):
+    # Every batch size takes its own register-tile shapes (few-query streaming, full query
+    # groups, remainders); a pair's score must not depend on them, nor on the thread count.
+    rng = np.random.default_rng(dim)
+    rows = rng.standard_normal((211, dim)).astype(np.float32)
+    queries = rng.standard_normal((40, dim)).astype(np.float32)
+    segments = [rows[:100], rows[100:]]
+    singles = [_core.search(segments, dim, queries[i : i + 1], 7, metric) for i in range(40)]
+    for nq in [*range(1, 14), 24, 40]:
+        for threads in (1, 2):
+            scores, found = _core.search(segments, dim, queries[:nq], 7, metric, threads=threads)
+            for i in range(nq):
+                np.testing.assert_array_equal(scores[i], singles[i][0][0])
+                np.testing.assert_array_equal(found[i], singles[i][1][0])
+
+
 def test_duplicate_rows_ordered_by_tiebreak_then_row(simd_level):
     row = np.array([1.0, 2.0, 3.0], np.float32)
     rows = np.stack([row] * 6 + [row[::-1]])  # row 6 is strictly worse
