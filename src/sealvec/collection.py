@@ -248,8 +248,12 @@ class Collection:
         self._closed = False
         self._seen_generation = opened.manifest.generation
         self._generations = GenerationRecord()
-        self._generations.check(opened.manifest.collection_id, opened.manifest.generation)
-        self._generations.record(opened.manifest.collection_id, opened.manifest.generation)
+        self._generations.check(
+            opened.manifest.collection_id, storage.location, opened.manifest.generation
+        )
+        self._generations.record(
+            opened.manifest.collection_id, storage.location, opened.manifest.generation
+        )
         self._refresher: tuple[threading.Event, threading.Thread] | None = None
         self.last_refresh_error: SealvecError | None = None
         self._state: _State = self._build_state(opened.manifest, {})
@@ -458,7 +462,9 @@ class Collection:
             old.retired = True
             if old.users == 0:
                 self._dispose(old)
-        self._generations.record(state.manifest.collection_id, state.manifest.generation)
+        self._generations.record(
+            state.manifest.collection_id, self._storage.location, state.manifest.generation
+        )
 
     def _build_state(
         self, manifest: Manifest, ready: dict[bytes, LoadedShard]

@@ -8,9 +8,11 @@ process that has the collection open refuses that (it remembers what it saw);
 this record makes a later process refuse it too.
 
 The record is a small JSON file, ``$SEALVEC_STATE_DIR/generations.json`` (default
-``$XDG_STATE_HOME/sealvec`` or ``~/.local/state/sealvec``): collection id (hex) to
-highest generation. It holds no secrets. Restoring a store from a backup on purpose
-means removing its entry.
+``$XDG_STATE_HOME/sealvec`` or ``~/.local/state/sealvec``): for each collection id
+*at each location*, the highest generation seen. Keying by location keeps a copy of
+a store (written to on its own afterwards) from being mistaken for a rollback of
+the original. It holds no secrets. Restoring a store from a backup in place, on
+purpose, means removing its entry.
 """
 
 from __future__ import annotations
@@ -51,25 +53,29 @@ class GenerationRecord:
             return {}
         return {k: int(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
-    def check(self, collection_id: bytes, generation: int) -> None:
+    @staticmethod
+    def key(collection_id: bytes, location: str) -> str:
+        return f"{collection_id.hex()}@{location}"
+
+    def check(self, collection_id: bytes, location: str, generation: int) -> None:
         """Refuse a newest generation older than one seen before on this machine."""
-        seen = self._read().get(collection_id.hex(), 0)
+        key = self.key(collection_id, location)
+        seen = self._read().get(key, 0)
         if generation < seen:
             raise IntegrityError(
                 f"the store's newest manifest generation ({generation}) is older than "
                 f"generation {seen} seen before: rollback refused (if the store was "
-                f"restored from a backup on purpose, remove {collection_id.hex()} from "
-                f"{self.path})"
+                f"restored from a backup on purpose, remove {key!r} from {self.path})"
             )
 
-    def record(self, collection_id: bytes, generation: int) -> None:
+    def record(self, collection_id: bytes, location: str, generation: int) -> None:
         """Remember ``generation`` if it is the highest seen; best effort."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with open(self.path.with_suffix(".lock"), "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 values = self._read()
-                key = collection_id.hex()
+                key = self.key(collection_id, location)
                 if values.get(key, 0) >= generation:
                     return
                 values[key] = generation

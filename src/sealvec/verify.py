@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sealvec.errors import CollectionNotFoundError, IntegrityError, KeyNotFoundError
+from sealvec.generations import GenerationRecord
 from sealvec.keys import KeyProvider, LocalKeyring, SecretKey
 from sealvec.manifest import (
     MANIFEST_PREFIX,
@@ -92,6 +93,9 @@ def verify_store(
     finally:
         if cached is not None:
             cached[2].close()
+
+    # The newest generation must not be older than one this machine has seen.
+    GenerationRecord().check(manifest.collection_id, storage.location, generations[-1])
 
     unreferenced = sorted(set(storage.list("shards/")) - referenced)
     return {
