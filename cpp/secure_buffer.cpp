@@ -119,9 +119,17 @@ SecureBuffer::SecureBuffer(std::size_t nbytes, MemoryLockPolicy policy) : nbytes
     PyErr_SetString(error_class.ptr(), message.c_str());
     throw py::error_already_set();
   }
-  py::module_::import("logging")
-      .attr("getLogger")("sealvec.memory")
-      .attr("warning")("SecureBuffer continues without locked memory: %s", details);
+  // Warn once per process; later unlocked buffers are counted at DEBUG only.
+  static std::atomic<bool> warned{false};
+  py::object logger = py::module_::import("logging").attr("getLogger")("sealvec.memory");
+  if (!warned.exchange(true)) {
+    logger.attr("warning")(
+        "continuing without locked memory (pages may be swapped; further unlocked buffers "
+        "are not reported again): %s",
+        details);
+  } else {
+    logger.attr("debug")("SecureBuffer continues without locked memory: %s", details);
+  }
 }
 
 SecureBuffer::~SecureBuffer() { wipe_and_unmap(); }

@@ -189,7 +189,7 @@ def test_rollback_by_deleting_newer_manifests_is_refused_by_an_open_reader(store
 def test_missing_shard_is_a_clear_error(store):
     make_store(store)
     _shards(store)[0].unlink()
-    with pytest.raises(Exception, match="missing"):
+    with pytest.raises(IntegrityError, match="named by the manifest but missing"):
         _open_and_query(store)
 
 

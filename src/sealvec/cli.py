@@ -598,11 +598,18 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except click.UsageError as error:
+        command = f"sealvec {error.ctx.info_name} --help" if error.ctx else "sealvec --help"
+        click.echo(f"error: {_one_line(error.format_message())} (see {command})", err=True)
+        sys.exit(2)
     except click.ClickException as error:
-        error.show()
+        click.echo(f"error: {_one_line(error.format_message())}", err=True)
         sys.exit(error.exit_code)
     except SealvecError as error:
-        click.echo(f"error: {_one_line(error)}", err=True)
+        message = _one_line(error).replace(
+            "pass memory_lock='best_effort'", "use --memory-lock best_effort"
+        )
+        click.echo(f"error: {message}", err=True)
         sys.exit(_exit_code(error))
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

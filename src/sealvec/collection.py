@@ -32,6 +32,7 @@ from sealvec.errors import (
     CollectionNotFoundError,
     ConflictError,
     IntegrityError,
+    MemoryLockError,
     SealvecError,
     StorageError,
     ValidationError,
@@ -518,6 +519,12 @@ class Collection:
         if errors:
             for shard in loaded.values():
                 shard.release()
+            if isinstance(errors[0], MemoryLockError):
+                needed = sum(e.size for e in entries)
+                raise MemoryLockError(
+                    f"opening {self._storage.location} needs about {needed} bytes of locked "
+                    f"memory for {len(entries)} shards; {errors[0]}"
+                ) from None
             raise errors[0]
         logger.info(
             "decrypted %d shards (%d bytes) in %.3f s",

@@ -199,8 +199,28 @@ def open_manifest(
     """Authenticate and decrypt a manifest.
 
     ``cached_key`` is (key id, wrapped CK, CK) from an earlier generation: when the
-    header carries the same wrapped key, the provider is not called again.
+    header carries the same wrapped key, the provider is not called again. Every
+    integrity failure names the manifest.
     """
+    try:
+        return _open_manifest(
+            raw, name=name, provider=provider, cached_key=cached_key, memory_lock=memory_lock
+        )
+    except IntegrityError as error:
+        message = str(error)
+        if name in message:
+            raise
+        raise IntegrityError(f"{name}: {message}") from None
+
+
+def _open_manifest(
+    raw: bytes,
+    *,
+    name: str,
+    provider: KeyProvider,
+    cached_key: tuple[str, bytes, SecretKey] | None,
+    memory_lock: str,
+) -> OpenedManifest:
     header = parse_header(raw, expected_kind=KIND_MANIFEST)
     expected_generation = parse_manifest_name(name)
     if expected_generation is None or header.generation != expected_generation:

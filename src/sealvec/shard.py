@@ -28,7 +28,7 @@ import numpy as np
 
 from sealvec import _core
 from sealvec.attributes import gather_attributes, parse_attributes
-from sealvec.errors import IntegrityError
+from sealvec.errors import IntegrityError, StorageError
 from sealvec.keys import SecretKey
 from sealvec.sealed import (
     DEFAULT_SEGMENT_SIZE,
@@ -332,7 +332,29 @@ def _split_strings(
     return offsets_view, data_view
 
 
-def load_shard(
+def load_shard(storage: Storage, *, shard_id: bytes, **options) -> LoadedShard:
+    """Authenticate a shard and decrypt it into locked memory (see ``_load_shard``).
+
+    Every integrity failure names the shard; a shard the manifest names but storage
+    lacks is an integrity failure too.
+    """
+    name = shard_object_name(shard_id)
+    try:
+        return _load_shard(storage, shard_id=shard_id, **options)
+    except IntegrityError as error:
+        message = str(error)
+        if shard_id.hex() in message:
+            raise
+        raise IntegrityError(f"{name}: {message}") from None
+    except StorageError as error:
+        if isinstance(error.__cause__, FileNotFoundError):
+            raise IntegrityError(
+                f"{name} is named by the manifest but missing from {storage.location}"
+            ) from None
+        raise
+
+
+def _load_shard(
     storage: Storage,
     *,
     collection_id: bytes,
