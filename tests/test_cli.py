@@ -190,3 +190,48 @@ def test_query_watch_picks_up_new_generations(tmp_path):
     finally:
         watcher.kill()
         watcher.wait()
+
+
+def test_bad_ingest_input_is_refused_before_anything_is_committed(tmp_path):
+    store = tmp_path / "strict"
+    records = tmp_path / "r.jsonl"
+    records.write_text("".join(json.dumps({"id": f"r{i}", "text": f"t{i}"}) + "\n" for i in range(4)))
+    good = tmp_path / "good.npy"
+    np.save(good, np.ones((4, 3), dtype=np.float32))
+    nan = tmp_path / "nan.npy"
+    bad_vectors = np.ones((4, 3), dtype=np.float32)
+    bad_vectors[2, 1] = np.nan
+    np.save(nan, bad_vectors)
+    (tmp_path / "text.npy").write_text("not an array")
+    (tmp_path / "bin.jsonl").write_bytes(b'\xff\xfe{"id": 1}\n')
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    (tmp_path / "nested.jsonl").write_text('{"id": "q", "text": "x", "m": {"a": 1}}\n')
+    (tmp_path / "dupes.jsonl").write_text('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n')
+    one = tmp_path / "one.npy"
+    np.save(one, np.ones((1, 3), dtype=np.float32))
+    two = tmp_path / "two.npy"
+    np.save(two, np.ones((2, 3), dtype=np.float32))
+
+    cases = [
+        (["ingest", str(store), str(records), "--vectors", str(nan), "--batch-size", "1"], "row 2 contains NaN"),
+        (["ingest", str(store), str(records), "--vectors", str(tmp_path / "text.npy")], "not a readable .npy"),
+        (["ingest", str(store), str(records), "--vectors", str(one)], "one row per record"),
+        (["ingest", str(store), str(tmp_path / "bin.jsonl"), "--vectors", str(one)], "not UTF-8"),
+        (["ingest", str(store), str(tmp_path / "blank.jsonl"), "--vectors", str(one)], "holds no records"),
+        (["ingest", str(store), str(tmp_path / "nested.jsonl"), "--vectors", str(one)], "not a scalar"),
+        (["ingest", str(store), str(tmp_path / "dupes.jsonl"), "--vectors", str(two)], "repeats the id of line 1"),
+        (["query", str(store)], "give a query TEXT or --vector"),
+        (["query", str(store), "--vector", str(tmp_path / "text.npy")], "not a readable .npy"),
+        (["init", str(store), "--dim", "0"], "see sealvec init --help"),
+    ]
+    sealvec("init", str(store), "--dim", "3")
+    for args, message in cases:
+        result = sealvec(*args, check=False)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr and result.stderr.count("\n") == 1, (args, result.stderr)
+    assert json.loads(sealvec("stats", str(store), "--json").stdout)["records"] == 0
+
+    mismatch = sealvec("ingest", str(store), str(records), "--vectors", str(good), "--metric", "l2", check=False)
+    assert mismatch.returncode == 2 and "does not match the collection's metric" in mismatch.stderr
+    sealvec("ingest", str(store), str(records), "--vectors", str(good))
+    assert json.loads(sealvec("stats", str(store), "--json").stdout)["records"] == 4

@@ -186,21 +186,58 @@ def init(settings: _Settings, store, dimension, metric, key_id, model, as_json) 
 
 
 def _read_jsonl(path: Path, id_field: str, text_field: str) -> list[dict[str, Any]]:
+    """Records from a JSONL file, each checked, naming the line of the first problem."""
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError:
-                raise ValidationError(f"{path}:{number} is not valid JSON") from None
-            if not isinstance(value, dict) or not isinstance(value.get(id_field), str):
-                raise ValidationError(f"{path}:{number} has no string field {id_field!r}")
-            if not isinstance(value.get(text_field), str):
-                raise ValidationError(f"{path}:{number} has no string field {text_field!r}")
-            records.append(value)
+    first_line: dict[str, int] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValidationError(f"{path} is not UTF-8 text (byte {error.start})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            raise ValidationError(f"{path}:{number} is not valid JSON") from None
+        if not isinstance(value, dict) or not isinstance(value.get(id_field), str):
+            raise ValidationError(f"{path}:{number} has no string field {id_field!r}")
+        if not isinstance(value.get(text_field), str):
+            raise ValidationError(f"{path}:{number} has no string field {text_field!r}")
+        for key, item in value.items():
+            if key not in (id_field, text_field) and not isinstance(
+                item, (str, int, float, bool, type(None))
+            ):
+                raise ValidationError(
+                    f"{path}:{number} field {key!r} is not a scalar; metadata values must "
+                    "be strings, numbers, booleans or null"
+                )
+        if value[id_field] in first_line:
+            raise ValidationError(
+                f"{path}:{number} repeats the id of line {first_line[value[id_field]]}"
+            )
+        first_line[value[id_field]] = number
+        records.append(value)
+    if not records:
+        raise ValidationError(f"{path} holds no records")
     return records
+
+
+def _load_vectors(path: Path, *, rows: int | None = None) -> np.ndarray:
+    """A float32 matrix (or one vector) from a .npy file, with one-line errors."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise ValidationError(
+            f"{path} is not a readable .npy array ({_one_line(error)})"
+        ) from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+        raise ValidationError(f"{path} must hold a float32 array, got {getattr(array, 'dtype', type(array).__name__)}")
+    if rows is not None and (array.ndim != 2 or len(array) != rows):
+        raise ValidationError(
+            f"{path} has shape {array.shape}; expected ({rows}, dimension), one row per record"
+        )
+    return array
 
 
 @cli.command()
@@ -214,7 +251,12 @@ def _read_jsonl(path: Path, id_field: str, text_field: str) -> list[dict[str, An
 @click.option("--model", default=None, help="Model label to record with --vectors.")
 @click.option("--id-field", default="id", show_default=True)
 @click.option("--text-field", default="text", show_default=True)
-@click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine")
+@click.option(
+    "--metric",
+    type=click.Choice(["cosine", "ip", "l2"]),
+    default=None,
+    help="For a new collection (default cosine); must match an existing one.",
+)
 @click.option("--key", "key_id", default=None, help="local:NAME or a Key Vault key URL.")
 @click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=512, show_default=True)
 @click.option(
@@ -250,30 +292,47 @@ def ingest(
     rows = _read_jsonl(records, id_field, text_field)
     embedder = None
     if vectors is not None:
-        matrix = np.load(vectors, mmap_mode="r", allow_pickle=False)
-        if matrix.ndim != 2 or len(matrix) != len(rows):
-            raise ValidationError(
-                f"{vectors} has shape {matrix.shape}; expected ({len(rows)}, dimension)"
-            )
+        matrix = _load_vectors(vectors, rows=len(rows))
         dimension = matrix.shape[1]
     else:
         embedder = settings.embedder()
-        dimension, model = embedder.dimension, embedder.model_label
+        dimension = embedder.dimension
+        if model is not None and model != embedder.model_label:
+            raise ValidationError(
+                f"--model {model} does not name the configured embedder "
+                f"{embedder.model_label}; --model labels precomputed --vectors"
+            )
+        model = embedder.model_label
 
     storage = settings.storage(store)
-    if collection_exists(storage):
-        collection = settings.open(store)
-    else:
-        collection = Collection.create(
-            storage,
-            dimension=dimension,
-            metric=metric,
-            key_id=key_id or settings.settings.key,
-            key_provider=_creation_provider(settings, key_id or settings.settings.key),
-            model=model,
-            memory_lock=settings.memory_lock,
-            threads=settings.threads,
-        )
+    existing = settings.open(store) if collection_exists(storage) else None
+    try:
+        if existing is not None:
+            _check_matches(existing, dimension=dimension, metric=metric, model=model)
+        if embedder is None:
+            # Check every vector before the first commit, naming the row of the file.
+            from sealvec.validation import check_vectors
+
+            check_vectors(
+                np.asarray(matrix),
+                dimension,
+                existing.metric if existing is not None else metric or "cosine",
+                name=str(vectors),
+            )
+    except BaseException:
+        if existing is not None:
+            existing.close()
+        raise
+    collection = existing or Collection.create(
+        storage,
+        dimension=dimension,
+        metric=metric or "cosine",
+        key_id=key_id or settings.settings.key,
+        key_provider=_creation_provider(settings, key_id or settings.settings.key),
+        model=model,
+        memory_lock=settings.memory_lock,
+        threads=settings.threads,
+    )
     from sealvec.ingest import ingest_records
 
     with collection, _progress() as progress:
@@ -301,6 +360,22 @@ def ingest(
         )
 
 
+def _check_matches(collection, *, dimension: int, metric: str | None, model: str | None) -> None:
+    """Refuse input that does not fit an existing collection, before any work."""
+    if collection.dimension != dimension:
+        raise ValidationError(
+            f"the collection has dimension {collection.dimension}, the input {dimension}"
+        )
+    if metric is not None and metric != collection.metric:
+        raise ValidationError(
+            f"--metric {metric} does not match the collection's metric {collection.metric}"
+        )
+    if model is not None and collection.model not in (None, model):
+        raise ValidationError(
+            f"the collection's vectors come from {collection.model}, the input from {model}"
+        )
+
+
 def _creation_provider(settings: _Settings, key_id: str):
     """The provider for a new collection; a local key is created if missing."""
     return settings.provider().local if key_id.startswith("local:") else settings.provider()
@@ -309,10 +384,12 @@ def _creation_provider(settings: _Settings, key_id: str):
 def _query_vector(
     settings: _Settings, collection, text: str | None, vector_path: Path | None
 ) -> np.ndarray:
-    if (text is None) == (vector_path is None):
+    if text is None and vector_path is None:
+        raise ValidationError("give a query TEXT or --vector FILE.npy")
+    if text is not None and vector_path is not None:
         raise ValidationError("give a query TEXT or --vector FILE.npy, not both")
     if vector_path is not None:
-        return np.load(vector_path, allow_pickle=False)
+        return np.array(_load_vectors(vector_path))
     embedder = settings.embedder()
     if collection.model not in (None, embedder.model_label):
         raise ValidationError(
@@ -344,11 +421,17 @@ def query(
     include = ("documents", "metadata") if documents else ("metadata",)
     with settings.open(store) as collection:
         vector = _query_vector(settings, collection, text, vector_path)
+        shown = None
         while True:
             results = collection.search(vector, k=k, include=include, where=where)
-            _show_results(results, documents, as_json)
             if watch is None:
+                _show_results(results, documents, as_json)
                 return
+            if results.generation != shown:  # print again only when the data changed
+                if not as_json:
+                    err.print(f"generation {results.generation}")
+                _show_results(results, documents, as_json)
+                shown = results.generation
             time.sleep(watch)
             collection.refresh()
 
@@ -378,7 +461,6 @@ def _show_results(results, documents: bool, as_json: bool) -> None:
             ]
         )
         return
-    err.print(f"generation {results.generation}")
     for hits in results:
         table = Table("rank", "score", "id", *(["document"] if documents else []))
         for rank, hit in enumerate(hits, start=1):

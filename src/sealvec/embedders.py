@@ -210,6 +210,13 @@ def _load_model(model_path: Path) -> _LoadedModel:
                 f"sentence-transformers cannot be imported ({reason}); {INSTALL_HINT}"
             ) from exc
         try:
+            # Loading is quiet: no weight-loading progress bar on the user's terminal.
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+        except Exception:  # noqa: BLE001 - cosmetic only
+            pass
+        try:
             model = SentenceTransformer(
                 str(model_path), device="cpu", local_files_only=True
             )
