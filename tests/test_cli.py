@@ -235,3 +235,23 @@ def test_bad_ingest_input_is_refused_before_anything_is_committed(tmp_path):
     assert mismatch.returncode == 2 and "does not match the collection's metric" in mismatch.stderr
     sealvec("ingest", str(store), str(records), "--vectors", str(good))
     assert json.loads(sealvec("stats", str(store), "--json").stdout)["records"] == 4
+
+
+def test_keyring_commands_and_shared_key_warning(tmp_path):
+    keyring = tmp_path / "kr.json"
+    first, second = tmp_path / "a", tmp_path / "b"
+    sealvec("--keyring", str(keyring), "init", str(first), "--dim", "4")
+    sealvec("--keyring", str(keyring), "init", str(second), "--dim", "4")
+    rotated = sealvec("--keyring", str(keyring), "rotate-key", str(first)).stdout
+    assert "Other collections" in " ".join(rotated.split())
+    listing = json.loads(sealvec("--keyring", str(keyring), "keyring", "list", "--json").stdout)
+    assert listing == {"default": {"current": 2, "versions": [1, 2]}}
+    assert "AAAA" not in json.dumps(listing)
+    sealvec("--keyring", str(keyring), "rotate-key", str(second), "--no-new-kek-version")
+    sealvec("--keyring", str(keyring), "keyring", "remove-version", "local:default/1", "--yes")
+    for store in (first, second):
+        stats = json.loads(sealvec("--keyring", str(keyring), "stats", str(store), "--json").stdout)
+        assert stats["key_id"] == "local:default/2"
+    refused = sealvec("--keyring", str(keyring), "keyring", "remove-version", "local:default/2",
+                      "--yes", check=False)
+    assert refused.returncode == 2 and "current version" in refused.stderr

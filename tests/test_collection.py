@@ -223,3 +223,13 @@ def test_two_handles_see_each_others_commits(store):
         assert writer.count() == 1
         writer.add(["c"], random_vectors(1, 4, seed=2))  # catches up before committing
         assert writer.count() == 3
+
+
+def test_byte_swapped_float32_is_copied_not_rejected(store):
+    vectors = random_vectors(5, 4, seed=8)
+    swapped = vectors.astype(">f4")
+    with Collection.create(store, dimension=4, metric="l2") as collection:
+        collection.add([str(i) for i in range(5)], swapped)
+        np.testing.assert_array_equal(collection.get(["3"])[0].vector, vectors[3])
+        assert collection.search(swapped[3], k=1)[0][0].id == "3"
+    assert swapped.dtype.byteorder == ">"

@@ -476,9 +476,14 @@ def _show_results(results, documents: bool, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def stats(settings: _Settings, store, as_json) -> None:
-    """Counts and sizes of STORE (no contents)."""
-    with settings.open(store) as collection:
-        info = collection.stats()
+    """Counts and sizes of STORE from its newest manifest (no shard is decrypted)."""
+    from sealvec.verify import describe_store
+
+    info = describe_store(
+        settings.storage(store),
+        key_provider=settings.provider(),
+        memory_lock=settings.memory_lock,
+    )
     if as_json:
         _print_json(info)
         return
@@ -514,6 +519,12 @@ def verify(settings: _Settings, store, as_json) -> None:
         out.print(
             f"ok: generation {report['generation']}, {report['manifests_checked']} manifests, "
             f"{report['shards_checked']} shards, {report['rows']} rows authenticated"
+            + (
+                f"; {len(report['manifests_under_destroyed_keys'])} older manifests not "
+                "checked (their key-encryption key version was removed)"
+                if report["manifests_under_destroyed_keys"]
+                else ""
+            )
             + (
                 f"; {len(report['unreferenced'])} unreferenced objects (garbage)"
                 if report["unreferenced"]
@@ -639,9 +650,63 @@ def rotate_key(settings: _Settings, store, rotate_collection_key, new_kek_versio
     _report(
         as_json,
         {"previous_key_id": previous, "key_id": key_id, "generation": generation},
-        f"collection key now wrapped under {key_id} (was {previous}); "
-        f"remove the old version once no retained generation needs it",
+        f"collection key now wrapped under {key_id} (was {previous}). Other collections "
+        f"protected by the same key still use {previous} until they are rotated too; "
+        "once none does, remove it (sealvec keyring remove-version, or disable it in "
+        "Key Vault)",
     )
+
+
+@cli.group()
+def keyring() -> None:
+    """Manage the local keyring (key names and versions; key material is never shown)."""
+
+
+@keyring.command("list")
+@json_option
+@click.pass_obj
+def keyring_list(settings: _Settings, as_json) -> None:
+    """Keys, their versions and the current one."""
+    keys = settings.provider().local.describe()
+    if as_json:
+        _print_json(keys)
+        return
+    for name, entry in sorted(keys.items()):
+        versions = ", ".join(str(v) for v in entry["versions"])
+        out.print(f"local:{name}  versions {versions}  current {entry['current']}")
+
+
+@keyring.command("create")
+@click.argument("name")
+@click.pass_obj
+def keyring_create(settings: _Settings, name) -> None:
+    """Create key NAME (version 1) if it does not exist."""
+    out.print(settings.provider().local.create_key(name))
+
+
+@keyring.command("rotate")
+@click.argument("name")
+@click.pass_obj
+def keyring_rotate(settings: _Settings, name) -> None:
+    """Add a new current version of key NAME (then run rotate-key on each store)."""
+    out.print(settings.provider().local.rotate_key(name))
+
+
+@keyring.command("remove-version")
+@click.argument("key_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def keyring_remove_version(settings: _Settings, key_id, yes) -> None:
+    """Destroy KEY_ID (local:NAME/VERSION): whatever is wrapped only under it becomes
+    unreadable for good."""
+    if not yes:
+        click.confirm(
+            f"Destroy {key_id}? Collections still wrapped under it can no longer be opened",
+            abort=True,
+            err=True,
+        )
+    settings.provider().local.remove_version(key_id)
+    out.print(f"removed {key_id}")
 
 
 @cli.command(

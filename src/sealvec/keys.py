@@ -180,6 +180,8 @@ class LocalKeyring(KeyProvider):
             raise KeyAccessError(f"keyring {self.path} is not a sealvec keyring")
         if "sealed" in document:
             document = self._unseal(document["sealed"])
+        elif self._passphrase is not None:
+            logger.warning("keyring %s is not sealed; the passphrase given is not used", self.path)
         keys = document.get("keys")
         if not isinstance(keys, dict):
             raise KeyAccessError(f"keyring {self.path} has no keys table")
@@ -302,6 +304,16 @@ class LocalKeyring(KeyProvider):
         versions = {v: k for v, k in entry["versions"].items() if v != str(version)}
         keys[name] = {"current": entry["current"], "versions": versions}
         self._save(keys)
+
+    def describe(self) -> dict[str, dict]:
+        """Key names with their versions and current version; never key material."""
+        return {
+            name: {
+                "current": int(entry["current"]),
+                "versions": sorted(int(v) for v in entry["versions"]),
+            }
+            for name, entry in self._load().items()
+        }
 
     def resolve(self, key_id: str) -> str:
         name, version = parse_local_key_id(key_id)

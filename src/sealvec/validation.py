@@ -37,7 +37,7 @@ def check_vectors(
         raise ValidationError(
             f"{name} must be a numpy float32 array, got {type(vectors).__name__}"
         )
-    if vectors.dtype != np.float32:
+    if vectors.dtype.type is not np.float32:  # any byte order; copied below if foreign
         raise ValidationError(
             f"{name} must be float32, got {vectors.dtype}; "
             "convert with np.asarray(x, dtype=np.float32)"

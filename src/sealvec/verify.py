@@ -108,3 +108,39 @@ def verify_store(
         "live_rows": manifest.live_rows,
         "unreferenced": unreferenced,
     }
+
+
+def describe_store(
+    location: str | os.PathLike[str] | Storage,
+    *,
+    key_provider: KeyProvider | None = None,
+    memory_lock: str = "required",
+) -> dict[str, Any]:
+    """Counts and sizes from the newest manifest alone: one key-provider call, no
+    shard decrypted, no contents."""
+    from sealvec.collection import _read_latest_manifest
+
+    storage = location if isinstance(location, Storage) else LocalDirectory(location)
+    if not storage.exists():
+        raise CollectionNotFoundError(f"no collection at {storage.location}")
+    name, raw = _read_latest_manifest(storage)
+    opened = open_manifest(
+        raw, name=name, provider=key_provider or LocalKeyring(), memory_lock=memory_lock
+    )
+    opened.collection_key.close()
+    manifest = opened.manifest
+    GenerationRecord().check(manifest.collection_id, storage.location, manifest.generation)
+    return {
+        "location": storage.location,
+        "collection_id": manifest.collection_id.hex(),
+        "generation": manifest.generation,
+        "dimension": manifest.dimension,
+        "metric": manifest.metric,
+        "model": manifest.model,
+        "key_id": opened.key_id,
+        "records": manifest.live_rows,
+        "deleted_rows": sum(len(s.deleted) for s in manifest.shards),
+        "shards": len(manifest.shards),
+        "stored_bytes": sum(s.size for s in manifest.shards),
+        "retain_generations": manifest.settings.get("retain_generations"),
+    }
