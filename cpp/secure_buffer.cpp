@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdint>
 #include <cerrno>
 #include <cstring>
 #include <new>
@@ -55,6 +56,9 @@ std::string lock_failure_details(std::size_t tried_bytes, int error_number) {
 
 }  // namespace
 
+constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
+constexpr std::size_t kHugePageThreshold = std::size_t{4} << 20;
+
 std::uint64_t locked_bytes() { return g_locked_bytes.load(); }
 
 SecureBuffer::SecureBuffer(std::size_t nbytes, MemoryLockPolicy policy) : nbytes_(nbytes) {
@@ -62,14 +66,21 @@ SecureBuffer::SecureBuffer(std::size_t nbytes, MemoryLockPolicy policy) : nbytes
     wiped_ = true;  // nothing mapped, nothing to wipe
     return;
   }
-  // Layout: guard page | data pages | guard page, all private and anonymous.
+  // Layout: guard page | data pages | guard page, all private and anonymous. Large
+  // buffers start on a 2 MiB boundary and span whole 2 MiB units so the kernel can
+  // back them with transparent huge pages: populating locked memory then takes 512
+  // times fewer page faults. The alignment slack stays PROT_NONE, like the guards.
   page_bytes_ = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-  data_bytes_ = (nbytes + page_bytes_ - 1) / page_bytes_ * page_bytes_;
-  const std::size_t mapping_bytes = data_bytes_ + 2 * page_bytes_;
-  void* mapping = mmap(nullptr, mapping_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  const bool huge = nbytes >= kHugePageThreshold;
+  const std::size_t unit = huge ? kHugePageBytes : page_bytes_;
+  data_bytes_ = (nbytes + unit - 1) / unit * unit;
+  mapping_bytes_ = data_bytes_ + 2 * page_bytes_ + (huge ? kHugePageBytes : 0);
+  void* mapping = mmap(nullptr, mapping_bytes_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapping == MAP_FAILED) throw std::bad_alloc();
   mapping_ = static_cast<unsigned char*>(mapping);
-  data_ = mapping_ + page_bytes_;
+  const auto first = reinterpret_cast<std::uintptr_t>(mapping_) + page_bytes_;
+  data_ = reinterpret_cast<unsigned char*>((first + unit - 1) / unit * unit);
+  const std::size_t mapping_bytes = mapping_bytes_;
 
   // Undo the mapping if any later step throws.
   auto fail = [&](const std::string& message) {
@@ -82,6 +93,10 @@ SecureBuffer::SecureBuffer(std::size_t nbytes, MemoryLockPolicy policy) : nbytes
   // Data pages become readable/writable; the guard pages stay PROT_NONE.
   if (mprotect(data_, data_bytes_, PROT_READ | PROT_WRITE) != 0)
     fail(std::string("SecureBuffer: mprotect failed: ") + std::strerror(errno));
+
+#if defined(MADV_HUGEPAGE)
+  if (huge) madvise(data_, data_bytes_, MADV_HUGEPAGE);  // a hint: failure only costs speed
+#endif
 
   // Keep the data out of core dumps; without this the buffer would not be safe to use.
 #if defined(MADV_DONTDUMP)
@@ -163,7 +178,7 @@ void SecureBuffer::wipe_and_unmap() noexcept {
     munlock(data_, data_bytes_);
     g_locked_bytes -= data_bytes_;
   }
-  munmap(mapping_, data_bytes_ + 2 * page_bytes_);
+  munmap(mapping_, mapping_bytes_);
   mapping_ = data_ = nullptr;
 }
 

@@ -38,6 +38,7 @@ class SecureBuffer {
   std::size_t nbytes_ = 0;
   std::size_t data_bytes_ = 0;  // nbytes rounded up to whole pages
   std::size_t page_bytes_ = 0;
+  std::size_t mapping_bytes_ = 0;  // the whole mapping: guards, alignment slack, data
   unsigned char* mapping_ = nullptr;  // guard page + data pages + guard page
   unsigned char* data_ = nullptr;
   bool locked_ = false;

@@ -199,3 +199,28 @@ def test_verify_passes_on_intact_store_and_reports_garbage(store):
     report = verify_store(store)
     assert report["shards_checked"] == 2 and report["rows"] == 40
     assert report["unreferenced"] == ["shards/" + "ab" * 16 + ".svs"]
+
+
+def test_large_shard_decrypts_in_parallel_and_fails_closed(store):
+    """Shards of 4 MiB and more are decrypted segment by segment on a thread pool."""
+    vectors = random_vectors(3000, 768, seed=3)
+    ids = [f"doc-{i}" for i in range(3000)]
+    with Collection.create(store, dimension=768, metric="ip") as collection:
+        collection.add(ids, vectors, documents=[f"text {i}" for i in ids])
+    with Collection.open(store) as collection:
+        np.testing.assert_array_equal(collection.get(["doc-2999"])[0].vector, vectors[2999])
+        assert collection.search(vectors[1234], k=1, include=["documents"])[0][0].document == "text doc-1234"
+    shard = _shards(store)[0]
+    original = shard.read_bytes()
+    assert len(original) > 8 << 20
+    for offset in (200, len(original) // 3, len(original) // 2 + 7, len(original) - 20, len(original) - 1):
+        damaged = bytearray(original)
+        damaged[offset] ^= 0x80
+        shard.write_bytes(bytes(damaged))
+        with pytest.raises(IntegrityError, match="shards/"):
+            _open_and_query(store)
+    shard.write_bytes(original[: len(original) - 4096])
+    with pytest.raises(IntegrityError):
+        _open_and_query(store)
+    shard.write_bytes(original)
+    _open_and_query(store)

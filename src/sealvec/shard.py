@@ -19,9 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import struct
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +41,11 @@ from sealvec.sealed import (
     SECTION_IDS,
     SECTION_PAYLOADS,
     SECTION_VECTORS,
+    TAG_SIZE,
     Header,
     SealedWriter,
+    SectionDecryptor,
+    zero_fill,
     decrypt_section_into,
     parse_header,
     read_exact,
@@ -396,19 +401,98 @@ def _load_shard(
             raise IntegrityError(f"shard {shard_id.hex()} has an unexpected section table")
         segment_key = verify_commitment(header, data_key.material())
 
-        # Decrypt each section straight into its own locked buffer.
+        # Decrypt each section straight into its own locked buffer: segments in
+        # parallel when the object is a local file, else one after another.
         try:
-            scratch = bytearray()
             for entry in header.sections:
-                buffer = _core.SecureBuffer(entry.plain_len, memory_lock)
-                buffers.append(buffer)
-                with memoryview(buffer) as out:
-                    decrypt_section_into(
-                        stream, header, segment_key, entry.section_id, out, scratch
-                    )
+                buffers.append(_core.SecureBuffer(entry.plain_len, memory_lock))
+            file_descriptor = _file_descriptor(stream)
+            if file_descriptor is not None and header.total_size >= _PARALLEL_MIN_BYTES:
+                _decrypt_segments_in_parallel(file_descriptor, header, segment_key, buffers)
+            else:
+                scratch = bytearray()
+                for entry, buffer in zip(header.sections, buffers):
+                    with memoryview(buffer) as out:
+                        decrypt_section_into(
+                            stream, header, segment_key, entry.section_id, out, scratch
+                        )
+            for buffer in buffers:
                 buffer.seal()
             return LoadedShard(shard_id, rows, dimension, *buffers)
         except BaseException:
             for buffer in buffers:
                 buffer.release()
             raise
+
+
+_PARALLEL_MIN_BYTES = 4 << 20
+_segment_pool: ThreadPoolExecutor | None = None
+_segment_pool_lock = threading.Lock()
+
+
+def _shared_segment_pool() -> ThreadPoolExecutor:
+    """One pool for segment decryption, shared by every shard being loaded
+    (``cryptography`` releases the GIL while it decrypts)."""
+    global _segment_pool
+    with _segment_pool_lock:
+        if _segment_pool is None:
+            _segment_pool = ThreadPoolExecutor(
+                max_workers=os.cpu_count() or 1, thread_name_prefix="sealvec-decrypt"
+            )
+        return _segment_pool
+
+
+def _file_descriptor(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _decrypt_segments_in_parallel(
+    file_descriptor: int, header: Header, segment_key: bytes, buffers: list
+) -> None:
+    """Read (pread) and decrypt every segment of every section on the shared pool.
+
+    Each task holds one segment of ciphertext; on any failure every section's
+    plaintext is zeroed before the error is raised.
+    """
+    local = threading.local()
+    views = [memoryview(buffer) for buffer in buffers]
+    try:
+        tasks = []
+        for entry, out in zip(header.sections, views):
+            decryptor = SectionDecryptor(header, segment_key, entry.section_id)
+            position = entry.offset
+            for index in range(entry.segment_count):
+                start, length = entry.segment_bounds(index)
+                tasks.append((decryptor, index, position, length, out[start : start + length]))
+                position += length + TAG_SIZE
+
+        def run(task) -> None:
+            decryptor, index, position, length, out = task
+            scratch = getattr(local, "scratch", None)
+            if scratch is None or len(scratch) < length + TAG_SIZE:
+                scratch = local.scratch = bytearray(max(length + TAG_SIZE, DEFAULT_SEGMENT_SIZE + TAG_SIZE))
+            with memoryview(scratch)[: length + TAG_SIZE] as sealed:
+                got = os.preadv(file_descriptor, [sealed], position)
+                if got != length + TAG_SIZE:
+                    raise IntegrityError("sealed object is truncated")
+                decryptor.decrypt_segment_into(index, sealed, out)
+
+        futures = [_shared_segment_pool().submit(run, task) for task in tasks]
+        errors = []
+        for future in futures:
+            try:
+                future.result()
+            except BaseException as error:  # noqa: BLE001 - raised once below
+                errors.append(error)
+        if errors:
+            for view in views:
+                zero_fill(view)
+            raise errors[0]
+    finally:
+        for task in locals().get("tasks", []):
+            task[4].release()
+        for view in views:
+            view.release()
