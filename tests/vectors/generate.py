@@ -29,12 +29,15 @@ the files against it.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent / "src"))
+if __name__ == "__main__" and importlib.util.find_spec("sealvec") is None:
+    # Run as a script from a source checkout without sealvec installed.
+    sys.path.insert(0, str(HERE.parent.parent / "src"))
 
 import numpy as np  # noqa: E402
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding  # noqa: E402
