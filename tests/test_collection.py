@@ -233,3 +233,24 @@ def test_byte_swapped_float32_is_copied_not_rejected(store):
         np.testing.assert_array_equal(collection.get(["3"])[0].vector, vectors[3])
         assert collection.search(swapped[3], k=1)[0][0].id == "3"
     assert swapped.dtype.byteorder == ">"
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_faiss_backend_gives_the_same_answers(store, metric):
+    vectors = random_vectors(500, 24, seed=21)
+    ids = [f"v{i:03d}" for i in range(500)]
+    metadata = [{"group": i % 4} for i in range(500)]
+    with Collection.create(store, dimension=24, metric=metric) as collection:
+        collection.add(ids[:250], vectors[:250], metadata=metadata[:250])
+        collection.add(ids[250:], vectors[250:], metadata=metadata[250:])
+        collection.delete(ids[::9])
+    queries = random_vectors(6, 24, seed=22)
+    with Collection.open(store) as native, Collection.open(store, search_backend="faiss") as faiss:
+        assert faiss.stats()["search_backend"] == "faiss"
+        for where in (None, {"group": {"$in": [1, 3]}}):
+            expected = native.search(queries, k=15, where=where)
+            got = faiss.search(queries, k=15, where=where)
+            assert got.ids == expected.ids
+            np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValidationError, match="search_backend"):
+        Collection.open(store, search_backend="annoy")

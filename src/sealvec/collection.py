@@ -82,6 +82,7 @@ from sealvec.validation import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEY_ID = "local:default"
+SEARCH_BACKENDS = ("native", "faiss")
 DEFAULT_RETAIN_GENERATIONS = 10
 MEMORY_LOCK_CHOICES = ("required", "best_effort")
 _COMMIT_ATTEMPTS = 20
@@ -167,6 +168,7 @@ class _State:
         self.ranks = self.id_table.ranks()
         self.users = 0
         self.retired = False
+        self.faiss_index = None  # set when the collection searches with FAISS
 
     def locate(self, row: int) -> tuple[LoadedShard, int]:
         index = int(np.searchsorted(self.row_starts, row, side="right")) - 1
@@ -236,7 +238,20 @@ class Collection:
         *,
         memory_lock: str,
         threads: int,
+        search_backend: str = "native",
     ) -> None:
+        if search_backend not in SEARCH_BACKENDS:
+            raise ValidationError(
+                f"search_backend must be 'native' or 'faiss', got {search_backend!r}"
+            )
+        if search_backend == "faiss":
+            try:
+                import faiss  # noqa: F401
+            except ImportError:
+                raise ValidationError(
+                    "search_backend='faiss' needs faiss: pip install 'sealvec[faiss]'"
+                ) from None
+        self._search_backend = search_backend
         self._storage = storage
         self._provider = provider
         self._memory_lock = memory_lock
@@ -274,6 +289,7 @@ class Collection:
         memory_lock: str = "required",
         threads: int = 0,
         retain_generations: int = DEFAULT_RETAIN_GENERATIONS,
+        search_backend: str = "native",
     ) -> Collection:
         """Create an empty collection; refuses a location that already holds one."""
         if isinstance(dimension, bool) or not isinstance(dimension, int) or not 0 < dimension <= 65536:
@@ -319,7 +335,14 @@ class Collection:
             versioned_id,
         )
         opened = OpenedManifest(manifest, versioned_id, wrapped, collection_key, True)
-        return cls(storage, provider, opened, memory_lock=memory_lock, threads=threads)
+        return cls(
+            storage,
+            provider,
+            opened,
+            memory_lock=memory_lock,
+            threads=threads,
+            search_backend=search_backend,
+        )
 
     @classmethod
     def open(
@@ -330,11 +353,14 @@ class Collection:
         memory_lock: str = "required",
         threads: int = 0,
         refresh_interval: float | None = None,
+        search_backend: str = "native",
     ) -> Collection:
         """Open the newest committed generation: one key-provider call in all.
 
         With ``refresh_interval`` (seconds) a background thread picks up generations
-        that other writers commit.
+        that other writers commit. ``search_backend="faiss"`` answers exact searches
+        with ``faiss.knn`` over the same locked memory (results follow the same
+        contract; the native kernel is faster on most machines).
         """
         _check_memory_lock(memory_lock)
         storage = _as_storage(location)
@@ -345,7 +371,14 @@ class Collection:
         name, raw = _read_latest_manifest(storage)
         opened = open_manifest(raw, name=name, provider=provider, memory_lock=memory_lock)
         try:
-            collection = cls(storage, provider, opened, memory_lock=memory_lock, threads=threads)
+            collection = cls(
+                storage,
+                provider,
+                opened,
+                memory_lock=memory_lock,
+                threads=threads,
+                search_backend=search_backend,
+            )
         except BaseException:
             opened.collection_key.close()
             raise
@@ -428,6 +461,7 @@ class Collection:
                 "stored_bytes": sum(s.size for s in manifest.shards),
                 "locked_bytes": sum(s.nbytes for s in state.shards),
                 "simd": _core.simd_level(),
+                "search_backend": self._search_backend,
             }
 
     # ------------------------------------------------------------------ state
@@ -449,6 +483,8 @@ class Collection:
 
     def _dispose(self, state: _State) -> None:
         """Release a retired state; shards no other state holds are wiped."""
+        if state.faiss_index is not None:
+            state.faiss_index.close()  # drops its views of the shard buffers first
         state.id_table.close()
         for shard in state.shards:
             shard.holders -= 1
@@ -484,6 +520,16 @@ class Collection:
                 ):
                     raise IntegrityError(f"shard {shard.shard_id.hex()} changed its row count")
             state = _State(manifest, shards)
+            if self._search_backend == "faiss":
+                from sealvec.faiss_backend import FaissExactIndex
+
+                state.faiss_index = FaissExactIndex(
+                    [s.vectors for s in shards],
+                    [s.rows for s in shards],
+                    manifest.dimension,
+                    manifest.metric,
+                    memory_lock=self._memory_lock,
+                )
         except BaseException:
             for shard in loaded.values():
                 shard.release()
@@ -1080,16 +1126,19 @@ class Collection:
                 return SearchResults(
                     [[] for _ in queries], empty, [[] for _ in queries], manifest.generation
                 )
-            scores, rows = _core.search(
-                [s.vectors for s in state.shards],
-                manifest.dimension,
-                queries,
-                k,
-                manifest.metric,
-                mask=mask,
-                tiebreak=state.ranks,
-                threads=self._threads,
-            )
+            if state.faiss_index is not None:
+                scores, rows = state.faiss_index.search(queries, k, mask, state.ranks)
+            else:
+                scores, rows = _core.search(
+                    [s.vectors for s in state.shards],
+                    manifest.dimension,
+                    queries,
+                    k,
+                    manifest.metric,
+                    mask=mask,
+                    tiebreak=state.ranks,
+                    threads=self._threads,
+                )
             flat_ids = state.id_table.ids_at(rows.reshape(-1))
             width = rows.shape[1]
             ids = [flat_ids[i * width : (i + 1) * width] for i in range(len(rows))]
