@@ -47,6 +47,7 @@ __all__ = [
     "SealvecError",
     "SearchResults",
     "Storage",
+    "StorageError",
     "StoreLockedError",
     "ValidationError",
     "collection_exists",

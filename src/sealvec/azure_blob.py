@@ -73,6 +73,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobLeaseClient, BlobType, ContainerClient, ExponentialRetry
 
 from sealvec.errors import ConflictError, StorageError, StoreLockedError, ValidationError
+from sealvec.transport import is_loopback
 from sealvec.storage import Storage, _check_name
 
 logger = logging.getLogger(__name__)
@@ -101,13 +102,6 @@ _ACCOUNT_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 # --------------------------------------------------------------------------- helpers
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _is_ip(host: str) -> bool:
@@ -251,7 +245,7 @@ class AzureBlobStorage(Storage):
         except ValueError:
             raise ValidationError("the Azure location URL has an invalid port") from None
         if scheme == "http":
-            if not _is_loopback(host):
+            if not is_loopback(host):
                 raise ValidationError(
                     f"refusing plain http:// to {host}: only https is allowed for Azure "
                     "Blob Storage (data and credentials would cross the network unprotected)"

@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 from sealvec.errors import ValidationError
 from sealvec.keys import KeyProvider, LocalKeyring
 from sealvec.storage import LocalDirectory, Storage
+from sealvec.transport import is_loopback
 
 ENVIRONMENT = {
     "store": "SEALVEC_STORE",
@@ -140,7 +141,7 @@ def open_storage(location: str, settings: Settings) -> Storage:
 
 
 def _is_path_style(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+    return is_loopback(host)
 
 
 class RoutingKeyProvider(KeyProvider):

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import ipaddress
 import logging
 import re
 import threading
@@ -80,6 +79,7 @@ from sealvec.errors import (
     KeyNotFoundError,
     ValidationError,
 )
+from sealvec.transport import is_loopback
 from sealvec.keys import KeyProvider
 
 logger = logging.getLogger(__name__)
@@ -135,13 +135,6 @@ class KeyVaultKeyId:
         return f"key {self.name!r} version {self.version or '(current)'} in vault {self.origin}"
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_key_id(key_id: str, *, allow_loopback: bool = False) -> KeyVaultKeyId:
@@ -160,7 +153,7 @@ def parse_key_id(key_id: str, *, allow_loopback: bool = False) -> KeyVaultKeyId:
             f"Key Vault key id {key_id!r} must not carry a query, fragment or user info"
         )
     host = (parts.hostname or "").lower()
-    loopback = _is_loopback(host)
+    loopback = is_loopback(host)
     managed_hsm = False
     if loopback:
         if not allow_loopback:

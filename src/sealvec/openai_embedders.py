@@ -31,7 +31,6 @@ import base64
 import binascii
 import collections
 import email.utils
-import ipaddress
 import logging
 import math
 import os
@@ -54,6 +53,7 @@ from sealvec.embedders import (
     validate_texts,
 )
 from sealvec.errors import EmbedderError, ValidationError
+from sealvec.transport import is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +103,6 @@ def _non_empty_str(name: str, value: Any) -> str:
     return value
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_endpoint_url(name: str, url: Any, *, allow_insecure_loopback: bool) -> str:
@@ -136,7 +129,7 @@ def check_endpoint_url(name: str, url: Any, *, allow_insecure_loopback: bool) ->
     if parts.query or parts.fragment:
         raise ValidationError(f"{name} must not contain a query string or fragment")
     if scheme == "http":
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise ValidationError(
                 f"{name} uses http:// for the non-loopback host {host}; embedding "
                 "requests carry credentials and texts, so only https:// is allowed"
