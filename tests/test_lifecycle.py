@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import threading
 import time
@@ -133,14 +135,19 @@ def test_forget_shreds_old_shards(store, tmp_path):
         manifest_path.read_bytes(), name=f"manifest/{manifest_path.name}", provider=keyring
     )
     candidate_keys = [
-        unwrap_data_key(opened.collection_key, e.wrapped_data_key)
+        unwrap_data_key(opened.collection_key, e.wrapped_data_key).material()
         for e in opened.manifest.shards
     ]
+    candidate_keys.append(opened.collection_key.material())
+    keyring_document = json.loads(keyring.path.read_text())
+    for entry in keyring_document["keys"].values():
+        candidate_keys += [base64.b64decode(k) for k in entry["versions"].values()]
+    assert len(candidate_keys) >= 3
     for old in old_shards[:2]:
         header = parse_header(old.read_bytes(), expected_kind=KIND_SHARD)
         for key in candidate_keys:
             with pytest.raises(IntegrityError):
-                verify_commitment(header, key.material())
+                verify_commitment(header, key)
     verify_store(store)
 
 
