@@ -31,7 +31,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
+# Idle worker threads of the BLAS and OpenMP pools spin for a while after each call
+# (OpenBLAS about 0.1 s, LLVM OpenMP 0.2 s), taking a core from whichever contender
+# runs next. Contenders here run one at a time with pauses, so spinning helps none of
+# them; let idle threads sleep at once. Set before numpy and faiss start their pools.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
 
 SearchResult = tuple[np.ndarray, np.ndarray]
 Contender = Callable[[np.ndarray], SearchResult]
