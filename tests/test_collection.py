@@ -254,3 +254,20 @@ def test_faiss_backend_gives_the_same_answers(store, metric):
             np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValidationError, match="search_backend"):
         Collection.open(store, search_backend="annoy")
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (["ok", "x" * 1025], r"ids\[1\] is 1025 bytes"),
+        (["ok", "bad\ud800"], r"ids\[1\] is not valid Unicode"),
+        (["ok", ""], r"ids\[1\] is empty"),
+        (["ok", b"bytes"], r"ids\[1\] must be str"),
+        (["a", "b", "a"], "repeats an id at position 2"),
+    ],
+)
+def test_bad_ids_are_named(store, ids, message):
+    with Collection.create(store, dimension=2, metric="ip") as collection:
+        with pytest.raises(ValidationError, match=message):
+            collection.add(ids, np.ones((len(ids), 2), dtype=np.float32))
+        assert collection.count() == 0

@@ -67,6 +67,14 @@ def check_ids(ids: Any, *, name: str = "ids") -> list[str]:
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
         raise ValidationError(f"{name} must be a list of str")
     checked = list(ids)
+    # Fast path for the common case; the slow loop below names the first bad id.
+    if all(type(value) is str for value in checked):
+        try:
+            lengths = [len(value.encode("utf-8")) for value in checked]
+        except UnicodeEncodeError:
+            lengths = None
+        if lengths is not None and all(0 < length <= MAX_ID_BYTES for length in lengths):
+            return checked
     for position, value in enumerate(checked):
         if not isinstance(value, str):
             raise ValidationError(
@@ -86,6 +94,8 @@ def check_ids(ids: Any, *, name: str = "ids") -> list[str]:
 
 
 def check_unique(ids: list[str], *, name: str = "ids") -> None:
+    if len(set(ids)) == len(ids):
+        return
     seen: set[str] = set()
     for position, value in enumerate(ids):
         if value in seen:
