@@ -60,6 +60,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_kernel import cpu_model  # noqa: E402  (one definition for both scripts)
 DEFAULT_RESULTS = HERE / "results"
 CORPUS = HERE.parent / "data" / "corpus" / "stdlib-docs.minilm.npy"
 MiB = 1 << 20
@@ -128,17 +130,6 @@ def mem_available() -> int:
     except OSError:
         pass
     return 8 * GiB
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def threadpools() -> list[dict[str, Any]]:

@@ -514,10 +514,8 @@ class Collection:
         loaded = self._load_shards(manifest, missing)
         try:
             shards = [known.get(e.shard_id) or loaded[e.shard_id] for e in manifest.shards]
-            for shard in shards:
-                if shard.rows != next(
-                    e.rows for e in manifest.shards if e.shard_id == shard.shard_id
-                ):
+            for shard, entry in zip(shards, manifest.shards):
+                if shard.rows != entry.rows:
                     raise IntegrityError(f"shard {shard.shard_id.hex()} changed its row count")
             state = _State(manifest, shards)
             if self._search_backend == "faiss":
