@@ -255,3 +255,27 @@ def test_keyring_commands_and_shared_key_warning(tmp_path):
     refused = sealvec("--keyring", str(keyring), "keyring", "remove-version", "local:default/2",
                       "--yes", check=False)
     assert refused.returncode == 2 and "current version" in refused.stderr
+
+
+def test_stats_and_verify_remember_the_generation_and_check_shards(tmp_path):
+    store = tmp_path / "remembered"
+    records = tmp_path / "r.jsonl"
+    records.write_text("".join(json.dumps({"id": f"r{i}", "text": "t"}) + "\n" for i in range(4)))
+    np.save(tmp_path / "v.npy", np.ones((4, 3), dtype=np.float32))
+    sealvec("ingest", str(store), str(records), "--vectors", str(tmp_path / "v.npy"), "--batch-size", "2")
+    sealvec("stats", str(store))  # records the newest generation
+    link = tmp_path / "link"
+    link.symlink_to(store)
+    shard = sorted((store / "shards").iterdir())[0]
+    data = shard.read_bytes()
+    shard.unlink()
+    for command in ("stats", "verify"):
+        result = sealvec(command, str(store), check=False)
+        assert result.returncode == 3 and "missing" in result.stderr, result.stderr
+    shard.write_bytes(data)
+    newest = sorted((store / "manifest").iterdir())[-1]
+    newest.unlink()
+    for command in ("stats", "verify"):
+        for location in (store, link):
+            result = sealvec(command, str(location), check=False)
+            assert result.returncode == 3 and "rollback refused" in result.stderr, result.stderr

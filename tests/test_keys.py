@@ -129,3 +129,21 @@ def test_data_key_wrap_round_trip_and_tamper():
         unwrap_data_key(collection_key, bytes(damaged))
     with pytest.raises(IntegrityError):
         unwrap_data_key(SecretKey.generate(), wrapped)
+
+
+def test_concurrent_keyring_edits_lose_no_key(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "shared.json"
+    code = (
+        "import sys\nfrom sealvec import LocalKeyring\n"
+        "for i in range(5):\n    LocalKeyring(sys.argv[1]).create_key(f'{sys.argv[2]}{i}')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    children = [
+        subprocess.Popen([sys.executable, "-c", code, str(path), prefix], env=env)
+        for prefix in ("a", "b", "c")
+    ]
+    assert all(child.wait() == 0 for child in children)
+    assert len(LocalKeyring(path).describe()) == 15

@@ -699,13 +699,21 @@ def keyring_rotate(settings: _Settings, name) -> None:
 def keyring_remove_version(settings: _Settings, key_id, yes) -> None:
     """Destroy KEY_ID (local:NAME/VERSION): whatever is wrapped only under it becomes
     unreadable for good."""
+    from sealvec.keys import parse_local_key_id
+
+    keyring = settings.provider().local
+    name, version = parse_local_key_id(key_id)
+    if version is None or version not in keyring.describe().get(name, {}).get("versions", []):
+        raise KeyNotFoundError(f"key {key_id} is not in keyring {keyring.path}")
     if not yes:
+        if not sys.stdin.isatty():
+            raise ValidationError("refusing to destroy a key without a terminal; pass --yes")
         click.confirm(
             f"Destroy {key_id}? Collections still wrapped under it can no longer be opened",
             abort=True,
             err=True,
         )
-    settings.provider().local.remove_version(key_id)
+    keyring.remove_version(key_id)
     out.print(f"removed {key_id}")
 
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import abc
 import base64
+import fcntl
 import json
 import logging
 import os
 import re
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -264,46 +267,61 @@ class LocalKeyring(KeyProvider):
 
     # -- key management
 
+    @contextmanager
+    def _editing(self) -> Iterator[None]:
+        """Serialise read-modify-write of the keyring across processes, so a key that
+        was reported created is never lost to a concurrent edit."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def create_key(self, name: str) -> str:
         """Create key ``name`` (version 1) if absent; return its versioned id."""
-        parse_local_key_id(LOCAL_SCHEME + name)
-        keys = self._load() if self.exists() else {}
-        if name in keys:
-            return f"{LOCAL_SCHEME}{name}/{keys[name]['current']}"
-        keys = dict(keys)
-        keys[name] = {"current": 1, "versions": {"1": _new_key_b64()}}
-        self._save(keys)
-        logger.info("created local key %s/1 in %s", name, self.path)
-        return f"{LOCAL_SCHEME}{name}/1"
+        with self._editing():
+            parse_local_key_id(LOCAL_SCHEME + name)
+            keys = self._load() if self.exists() else {}
+            if name in keys:
+                return f"{LOCAL_SCHEME}{name}/{keys[name]['current']}"
+            keys = dict(keys)
+            keys[name] = {"current": 1, "versions": {"1": _new_key_b64()}}
+            self._save(keys)
+            logger.info("created local key %s/1 in %s", name, self.path)
+            return f"{LOCAL_SCHEME}{name}/1"
 
     def rotate_key(self, name: str) -> str:
         """Add a new current version of key ``name``; return its versioned id."""
-        keys = dict(self._load())
-        if name not in keys:
-            raise KeyNotFoundError(f"key {LOCAL_SCHEME}{name} is not in keyring {self.path}")
-        entry = keys[name]
-        version = max(int(v) for v in entry["versions"]) + 1
-        entry = {
-            "current": version,
-            "versions": {**entry["versions"], str(version): _new_key_b64()},
-        }
-        keys[name] = entry
-        self._save(keys)
-        logger.info("rotated local key %s to version %d", name, version)
-        return f"{LOCAL_SCHEME}{name}/{version}"
+        with self._editing():
+            keys = dict(self._load())
+            if name not in keys:
+                raise KeyNotFoundError(f"key {LOCAL_SCHEME}{name} is not in keyring {self.path}")
+            entry = keys[name]
+            version = max(int(v) for v in entry["versions"]) + 1
+            entry = {
+                "current": version,
+                "versions": {**entry["versions"], str(version): _new_key_b64()},
+            }
+            keys[name] = entry
+            self._save(keys)
+            logger.info("rotated local key %s to version %d", name, version)
+            return f"{LOCAL_SCHEME}{name}/{version}"
 
     def remove_version(self, key_id: str) -> None:
         """Destroy one key version (what was wrapped under it becomes unreadable)."""
-        name, version = parse_local_key_id(key_id)
-        keys = dict(self._load())
-        entry = keys.get(name)
-        if version is None or entry is None or str(version) not in entry["versions"]:
-            raise KeyNotFoundError(f"key {key_id} is not in keyring {self.path}")
-        if entry["current"] == version:
-            raise ValidationError(f"key {key_id} is the current version; rotate first")
-        versions = {v: k for v, k in entry["versions"].items() if v != str(version)}
-        keys[name] = {"current": entry["current"], "versions": versions}
-        self._save(keys)
+        with self._editing():
+            name, version = parse_local_key_id(key_id)
+            keys = dict(self._load())
+            entry = keys.get(name)
+            if version is None or entry is None or str(version) not in entry["versions"]:
+                raise KeyNotFoundError(f"key {key_id} is not in keyring {self.path}")
+            if entry["current"] == version:
+                raise ValidationError(f"key {key_id} is the current version; rotate first")
+            versions = {v: k for v, k in entry["versions"].items() if v != str(version)}
+            keys[name] = {"current": entry["current"], "versions": versions}
+            self._save(keys)
 
     def describe(self) -> dict[str, dict]:
         """Key names with their versions and current version; never key material."""

@@ -104,7 +104,9 @@ class LocalDirectory(Storage):
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).expanduser().absolute()
+        # Resolved, so one store has one name however it is reached (symlinks), which
+        # the rollback record relies on.
+        self.root = Path(root).expanduser().resolve()
 
     @property
     def location(self) -> str:

@@ -6,7 +6,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from sealvec.errors import CollectionNotFoundError, IntegrityError, KeyNotFoundError
+from sealvec.errors import (
+    CollectionNotFoundError,
+    IntegrityError,
+    KeyNotFoundError,
+    StorageError,
+)
 from sealvec.generations import GenerationRecord
 from sealvec.keys import KeyProvider, LocalKeyring, SecretKey
 from sealvec.manifest import (
@@ -73,11 +78,7 @@ def verify_store(
                 raise IntegrityError(f"manifest {name} belongs to another collection")
             referenced.update(shard_object_name(s.shard_id) for s in opened.manifest.shards)
             referenced.update(shard_object_name(i) for i, _ in opened.manifest.retired)
-            for entry in opened.manifest.shards:
-                if storage.size(shard_object_name(entry.shard_id)) != entry.size:
-                    raise IntegrityError(
-                        f"shard {entry.shard_id.hex()} named by {name} has the wrong size"
-                    )
+            check_shard_sizes(storage, opened.manifest, name)
 
         # Decrypt every shard of the newest generation, one at a time.
         if opened is None or cached is None:
@@ -95,7 +96,9 @@ def verify_store(
             cached[2].close()
 
     # The newest generation must not be older than one this machine has seen.
-    GenerationRecord().check(manifest.collection_id, storage.location, generations[-1])
+    record = GenerationRecord()
+    record.check(manifest.collection_id, storage.location, generations[-1])
+    record.record(manifest.collection_id, storage.location, generations[-1])
 
     unreferenced = sorted(set(storage.list("shards/")) - referenced)
     return {
@@ -129,7 +132,10 @@ def describe_store(
     )
     opened.collection_key.close()
     manifest = opened.manifest
-    GenerationRecord().check(manifest.collection_id, storage.location, manifest.generation)
+    record = GenerationRecord()
+    record.check(manifest.collection_id, storage.location, manifest.generation)
+    check_shard_sizes(storage, manifest, name)
+    record.record(manifest.collection_id, storage.location, manifest.generation)
     return {
         "location": storage.location,
         "collection_id": manifest.collection_id.hex(),
@@ -144,3 +150,19 @@ def describe_store(
         "stored_bytes": sum(s.size for s in manifest.shards),
         "retain_generations": manifest.settings.get("retain_generations"),
     }
+
+
+def check_shard_sizes(storage: Storage, manifest, manifest_name: str) -> None:
+    """Every shard a manifest names exists with the recorded size (no decryption)."""
+    for entry in manifest.shards:
+        name = shard_object_name(entry.shard_id)
+        try:
+            size = storage.size(name)
+        except StorageError as error:
+            if isinstance(error.__cause__, FileNotFoundError):
+                raise IntegrityError(
+                    f"{name} is named by {manifest_name} but missing from {storage.location}"
+                ) from None
+            raise
+        if size != entry.size:
+            raise IntegrityError(f"{name} named by {manifest_name} has the wrong size")
