@@ -550,7 +550,7 @@ def test_readers_reject_unknown_section_id():
     sections = _shard_sections(shard)
     data = bytearray(_seal(shard, sections))
     hl = shard["header_len"]
-    data[118 + 32 * 3] = 6  # the attributes entry's section id: 5 -> 6
+    data[118 + 32 * 3] = 9  # the attributes entry's section id: 5 -> 9 (unassigned)
     data[hl - 16 : hl] = hashlib.sha256(bytes(data[: hl - 16])).digest()[:16]
     with pytest.raises(ir.FormatError, match="unknown section"):
         ir.parse(bytes(data), ir.KIND_SHARD)

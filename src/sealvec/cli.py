@@ -76,7 +76,7 @@ class _Settings:
             )
         return open_storage(location, self.settings)
 
-    def open(self, store: str | None):
+    def open(self, store: str | None, search_backend: str = "native"):
         from sealvec.collection import Collection
 
         return Collection.open(
@@ -84,6 +84,7 @@ class _Settings:
             key_provider=self._provider,
             memory_lock=self.memory_lock,
             threads=self.threads,
+            search_backend=search_backend,
         )
 
     def embedder(self):
@@ -411,19 +412,42 @@ def _query_vector(
     type=click.FloatRange(min=0.05),
     help="Repeat the query every SECONDS, picking up new generations, until interrupted.",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["native", "faiss", "hnsw", "ivf"]),
+    default="native",
+    show_default=True,
+    help="Exact (native kernel or faiss.knn) or approximate from the store's hnsw/ivf "
+    "index (see `sealvec index`).",
+)
+@click.option("--ef-search", type=click.IntRange(min=1), help="hnsw: candidates kept per query.")
+@click.option("--nprobe", type=click.IntRange(min=1), help="ivf: lists scanned per query.")
 @json_option
 @click.pass_obj
 def query(
-    settings: _Settings, store, text, vector_path, k, documents, where_json, watch, as_json
+    settings: _Settings,
+    store,
+    text,
+    vector_path,
+    k,
+    documents,
+    where_json,
+    watch,
+    backend,
+    ef_search,
+    nprobe,
+    as_json,
 ) -> None:
     """Top-k records of STORE for a query TEXT (local embedder) or a .npy vector."""
     where = _parse_where(where_json)
     include = ("documents", "metadata") if documents else ("metadata",)
-    with settings.open(store) as collection:
+    with settings.open(store, search_backend=backend) as collection:
         vector = _query_vector(settings, collection, text, vector_path)
         shown = None
         while True:
-            results = collection.search(vector, k=k, include=include, where=where)
+            results = collection.search(
+                vector, k=k, include=include, where=where, ef_search=ef_search, nprobe=nprobe
+            )
             if watch is None:
                 _show_results(results, documents, as_json)
                 return
@@ -519,6 +543,11 @@ def verify(settings: _Settings, store, as_json) -> None:
         out.print(
             f"ok: generation {report['generation']}, {report['manifests_checked']} manifests, "
             f"{report['shards_checked']} shards, {report['rows']} rows authenticated"
+            + (
+                f", {report['indexes_checked']} indexes authenticated"
+                if report["indexes_checked"]
+                else ""
+            )
             + (
                 f"; {len(report['manifests_under_destroyed_keys'])} older manifests not "
                 "checked (their key-encryption key version was removed)"
@@ -616,6 +645,52 @@ def compact(settings: _Settings, store, target_rows, as_json) -> None:
         report,
         f"{report['shards_before']} shards -> {report['shards_after']}, "
         f"{report['rows_dropped']} deleted rows dropped (generation {report['generation']})",
+    )
+
+
+@cli.command()
+@store_argument
+@click.option(
+    "--kind", type=click.Choice(["hnsw", "ivf"]), default="hnsw", show_default=True
+)
+@click.option("--m", type=click.IntRange(min=4), help="hnsw: graph degree (default 32).")
+@click.option(
+    "--ef-construction", type=click.IntRange(min=8), help="hnsw: build effort (default 100)."
+)
+@click.option(
+    "--ef-search", type=click.IntRange(min=1), help="hnsw: default query effort (default 64)."
+)
+@click.option("--nlist", type=click.IntRange(min=1), help="ivf: lists (default ~4 sqrt(rows)).")
+@click.option(
+    "--nprobe", type=click.IntRange(min=1), help="ivf: default lists per query (nlist / 8)."
+)
+@click.option("--train-rows", type=click.IntRange(min=1), help="ivf: k-means sample size.")
+@json_option
+@click.pass_obj
+def index(
+    settings: _Settings, store, kind, m, ef_construction, ef_search, nlist, nprobe, train_rows,
+    as_json,
+) -> None:
+    """Build a sealed approximate-search index (HNSW or IVF-Flat) over STORE.
+
+    Query it with `sealvec query --backend hnsw|ivf`. Rows added later are searched
+    exactly until the next build; compaction and forget drop the index.
+    """
+    params = (
+        {"m": m, "ef_construction": ef_construction, "ef_search": ef_search}
+        if kind == "hnsw"
+        else {"nlist": nlist, "nprobe": nprobe, "train_rows": train_rows}
+    )
+    other = (nlist, nprobe, train_rows) if kind == "hnsw" else (m, ef_construction, ef_search)
+    if any(value is not None for value in other):
+        raise ValidationError(f"those options do not apply to a {kind} index")
+    with settings.open(store) as collection:
+        report = collection.build_index(kind, **{k: v for k, v in params.items() if v is not None})
+    _report(
+        as_json,
+        report,
+        f"built {kind} index over {report['rows']} rows in {report['build_seconds']:.2f} s "
+        f"({report['bytes']} bytes sealed; generation {report['generation']})",
     )
 
 

@@ -25,6 +25,16 @@ from typing import Any
 import numpy as np
 
 from sealvec import _core
+from sealvec.ann import (
+    INDEX_PREFIX,
+    LoadedIndex,
+    build_index,
+    index_object_name,
+    load_index,
+    resolve_params,
+    search_params,
+    write_index,
+)
 from sealvec.attributes import compile_where, encode_attributes
 from sealvec.errors import (
     ClosedError,
@@ -47,9 +57,11 @@ from sealvec.keys import (
     wrap_data_key,
 )
 from sealvec.manifest import (
+    INDEX_KINDS,
     MANIFEST_PREFIX,
     load_manifest_shard,
     METRICS,
+    IndexEntry,
     Manifest,
     OpenedManifest,
     ShardEntry,
@@ -82,7 +94,7 @@ from sealvec.validation import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEY_ID = "local:default"
-SEARCH_BACKENDS = ("native", "faiss")
+SEARCH_BACKENDS = ("native", "faiss", *INDEX_KINDS)
 DEFAULT_RETAIN_GENERATIONS = 10
 MEMORY_LOCK_CHOICES = ("required", "best_effort")
 _COMMIT_ATTEMPTS = 20
@@ -138,6 +150,10 @@ class _Change:
     loaded: dict[bytes, LoadedShard] = field(default_factory=dict)
     key: tuple[str, bytes, SecretKey] | None = None
     forget_history: bool = False
+    # The next generation's index list; None keeps the current one. Either way an
+    # index is dropped once one of its shards leaves the live list.
+    indexes: tuple[IndexEntry, ...] | None = None
+    ready_index: LoadedIndex | None = None  # a just-built index, already in memory
 
     def abandon(self, storage: Storage) -> None:
         """Undo a change whose manifest did not commit."""
@@ -169,6 +185,9 @@ class _State:
         self.users = 0
         self.retired = False
         self.faiss_index = None  # set when the collection searches with FAISS
+        self.ann = None  # a LoadedIndex when searching with hnsw or ivf and one exists
+        self.ann_rows = np.zeros(0, dtype=np.int64)  # FAISS label -> global row
+        self.uncovered: list[int] = list(range(len(shards)))  # shards the index lacks
 
     def locate(self, row: int) -> tuple[LoadedShard, int]:
         index = int(np.searchsorted(self.row_starts, row, side="right")) - 1
@@ -242,14 +261,15 @@ class Collection:
     ) -> None:
         if search_backend not in SEARCH_BACKENDS:
             raise ValidationError(
-                f"search_backend must be 'native' or 'faiss', got {search_backend!r}"
+                f"search_backend must be one of {SEARCH_BACKENDS}, got {search_backend!r}"
             )
-        if search_backend == "faiss":
+        if search_backend != "native":
             try:
                 import faiss  # noqa: F401
             except ImportError:
                 raise ValidationError(
-                    "search_backend='faiss' needs faiss: pip install 'sealvec[faiss]'"
+                    f"search_backend={search_backend!r} needs faiss: "
+                    "pip install 'sealvec[faiss]'"
                 ) from None
         self._search_backend = search_backend
         self._storage = storage
@@ -360,7 +380,10 @@ class Collection:
         With ``refresh_interval`` (seconds) a background thread picks up generations
         that other writers commit. ``search_backend="faiss"`` answers exact searches
         with ``faiss.knn`` over the same locked memory (results follow the same
-        contract; the native kernel is faster on most machines).
+        contract; the native kernel is faster on most machines). ``"hnsw"`` and
+        ``"ivf"`` answer approximately from the collection's sealed index of that kind
+        (see :meth:`build_index`), searching rows added since the build exactly; with
+        no such index they search exactly, with a warning.
         """
         _check_memory_lock(memory_lock)
         storage = _as_storage(location)
@@ -462,6 +485,11 @@ class Collection:
                 "locked_bytes": sum(s.nbytes for s in state.shards),
                 "simd": _core.simd_level(),
                 "search_backend": self._search_backend,
+                "indexes": [
+                    {"kind": i.kind, "rows": i.rows, "params": i.params, "stored_bytes": i.size}
+                    for i in manifest.indexes
+                ],
+                "search_index": state.ann.kind if state.ann is not None else None,
             }
 
     # ------------------------------------------------------------------ state
@@ -485,6 +513,10 @@ class Collection:
         """Release a retired state; shards no other state holds are wiped."""
         if state.faiss_index is not None:
             state.faiss_index.close()  # drops its views of the shard buffers first
+        if state.ann is not None:
+            state.ann.holders -= 1
+            if state.ann.holders == 0:
+                state.ann.release()
         state.id_table.close()
         for shard in state.shards:
             shard.holders -= 1
@@ -504,14 +536,20 @@ class Collection:
         )
 
     def _build_state(
-        self, manifest: Manifest, ready: dict[bytes, LoadedShard]
+        self,
+        manifest: Manifest,
+        ready: dict[bytes, LoadedShard],
+        ready_index: LoadedIndex | None = None,
     ) -> _State:
-        """Load what ``manifest`` names (reusing ``ready`` and the current state)."""
+        """Load what ``manifest`` names (reusing ``ready``, ``ready_index`` and the
+        current state)."""
         current = getattr(self, "_state", None)
         known = {s.shard_id: s for s in current.shards} if current else {}
         known.update(ready)
         missing = [e for e in manifest.shards if e.shard_id not in known]
         loaded = self._load_shards(manifest, missing)
+        ann = None
+        state = None
         try:
             shards = [known.get(e.shard_id) or loaded[e.shard_id] for e in manifest.shards]
             for shard, entry in zip(shards, manifest.shards):
@@ -528,13 +566,68 @@ class Collection:
                     manifest.metric,
                     memory_lock=self._memory_lock,
                 )
+            if self._search_backend in INDEX_KINDS:
+                ann = self._index_for(manifest, current, ready_index)
+                if ann is not None:
+                    _attach_index(state, ann)
         except BaseException:
+            if state is not None:  # drop its views of the shards before releasing them
+                if state.faiss_index is not None:
+                    state.faiss_index.close()
+                state.id_table.close()
             for shard in loaded.values():
                 shard.release()
+            if ann is not None and ann.holders == 0:
+                ann.release()
             raise
         for shard in shards:
             shard.holders += 1
+        if ann is not None:
+            ann.holders += 1
         return state
+
+    def _index_for(
+        self, manifest: Manifest, current: _State | None, ready: LoadedIndex | None
+    ) -> LoadedIndex | None:
+        """The newest index of the search backend's kind that ``manifest`` names:
+        reused from ``ready`` or the current state, else decrypted now."""
+        entries = [i for i in manifest.indexes if i.kind == self._search_backend]
+        if not entries:
+            logger.warning(
+                "generation %d has no %s index: searching exactly (build one with "
+                "build_index or `sealvec index`)",
+                manifest.generation,
+                self._search_backend,
+            )
+            return None
+        entry = entries[-1]
+        for candidate in (ready, current.ann if current else None):
+            if candidate is not None and candidate.entry.index_id == entry.index_id:
+                return candidate
+        started = time.perf_counter()
+        data_key = unwrap_data_key(
+            self._collection_key, entry.wrapped_data_key, self._memory_lock
+        )
+        try:
+            ann = load_index(
+                self._storage,
+                collection_id=manifest.collection_id,
+                dimension=manifest.dimension,
+                metric=manifest.metric,
+                entry=entry,
+                data_key=data_key,
+                memory_lock=self._memory_lock,
+            )
+        finally:
+            data_key.close()
+        logger.info(
+            "decrypted %s index (%d rows, %d bytes) in %.3f s",
+            entry.kind,
+            entry.rows,
+            ann.nbytes,
+            time.perf_counter() - started,
+        )
+        return ann
 
     def _load_shards(
         self, manifest: Manifest, entries: list[ShardEntry]
@@ -654,7 +747,7 @@ class Collection:
                     self._collection_key = collection_key
                     if old_key is not collection_key:
                         old_key.close()
-                self._install(self._build_state(manifest, change.loaded))
+                self._install(self._build_state(manifest, change.loaded, change.ready_index))
                 self._collect_garbage(manifest, collectable, forget_history=change.forget_history)
                 logger.info(
                     "committed generation %d (%d shards, %d live rows)",
@@ -665,26 +758,34 @@ class Collection:
                 return manifest
         raise ConflictError("could not commit: other writers kept committing first")
 
-    def _next_manifest(self, current: Manifest, change: _Change) -> tuple[Manifest, set[bytes]]:
-        """The next generation's manifest, and the shard ids it lets go of for good."""
+    def _next_manifest(self, current: Manifest, change: _Change) -> tuple[Manifest, set[str]]:
+        """The next generation's manifest, and the object names it lets go of for good."""
         generation = current.generation + 1
         retain = int(current.settings.get("retain_generations", DEFAULT_RETAIN_GENERATIONS))
         oldest_kept = generation if change.forget_history else max(1, generation - retain + 1)
         live = {e.shard_id for e in change.shards}
-        dropped = {e.shard_id for e in current.shards} - live
-        retired = []
-        collectable = set()
-        # A shard dropped at generation g is named only by manifests older than g.
-        for shard_id, dropped_at in current.retired:
-            if dropped_at > oldest_kept:
-                retired.append((shard_id, dropped_at))
-            else:
-                collectable.add(shard_id)
-        if oldest_kept < generation:
-            retired.extend((shard_id, generation) for shard_id in sorted(dropped))
-        else:
-            collectable |= dropped
-        return current.next(tuple(change.shards), tuple(retired)), collectable
+        indexes = tuple(
+            i
+            for i in (current.indexes if change.indexes is None else change.indexes)
+            if all(shard_id in live for shard_id in i.shards)
+        )
+        retired, dropped_shards = _retire(
+            current.retired,
+            {e.shard_id for e in current.shards} - live,
+            oldest_kept,
+            generation,
+        )
+        retired_indexes, dropped_indexes = _retire(
+            current.retired_indexes,
+            {i.index_id for i in current.indexes} - {i.index_id for i in indexes},
+            oldest_kept,
+            generation,
+        )
+        collectable = {shard_object_name(s) for s in dropped_shards} | {
+            index_object_name(i) for i in dropped_indexes
+        }
+        manifest = current.next(tuple(change.shards), retired, indexes, retired_indexes)
+        return manifest, collectable
 
     def _collect_garbage(
         self, manifest: Manifest, collectable: set[bytes], *, forget_history: bool
@@ -700,14 +801,12 @@ class Collection:
             generation = parse_manifest_name(name)
             if generation is not None and generation < oldest_kept:
                 self._storage.delete(name)
-        for shard_id in collectable:
-            self._storage.delete(shard_object_name(shard_id))
+        for name in sorted(collectable):
+            self._storage.delete(name)
         if not self._storage.exclusive_writer_lock:
             return
-        named = {shard_object_name(e.shard_id) for e in manifest.shards} | {
-            shard_object_name(shard_id) for shard_id, _ in manifest.retired
-        }
-        for name in self._storage.list(SHARD_PREFIX):
+        named = _named_objects(manifest)
+        for name in self._storage.list(SHARD_PREFIX) + self._storage.list(INDEX_PREFIX):
             if name not in named:
                 logger.info("deleting unreferenced object %s", name)
                 self._storage.delete(name)
@@ -959,6 +1058,110 @@ class Collection:
         logger.info("compacted %(shards_before)d shards into %(shards_after)d", report)
         return report
 
+    def build_index(self, kind: str = "hnsw", **params: int) -> dict[str, Any]:
+        """Build an approximate-search index over every row now in the collection,
+        seal it like a shard (its own data key, wrapped by the collection key) and
+        commit it in a new generation. Returns a report (kind, rows, parameters,
+        bytes, seconds).
+
+        ``kind`` is "hnsw" (parameters ``m``, ``ef_construction``, ``ef_search``) or
+        "ivf" (``nlist``, ``nprobe``, ``train_rows``); see ``sealvec.ann``. It
+        replaces an earlier index of the same kind. Collections opened with
+        ``search_backend=kind`` use it; rows added later are searched exactly until
+        the next build, deleted rows are skipped, and compaction or forget drop it
+        (an index never outlives a shard it covers): build again after those.
+        """
+        if kind not in INDEX_KINDS:
+            raise ValidationError(f"index kind must be one of {INDEX_KINDS}, got {kind!r}")
+        started = time.perf_counter()
+
+        # Build from a snapshot, without holding the writer lock: FAISS takes a while.
+        with self._snapshot() as state:
+            manifest = state.manifest
+            resolved = resolve_params(kind, params, state.total_rows)
+            covered = tuple(s.shard_id for s in state.shards)
+            rows = state.total_rows
+            serialized = build_index(
+                kind, state.shards, manifest.dimension, manifest.metric, resolved,
+                self._memory_lock,
+            )
+        built_seconds = time.perf_counter() - started
+        nbytes = serialized.nbytes
+        index_id = os.urandom(16)
+        name = index_object_name(index_id)
+        ready: LoadedIndex | None = None
+        stale = False
+        try:
+            data_key = SecretKey.generate(self._memory_lock)
+            try:
+                header_sha256, size = write_index(
+                    self._storage,
+                    collection_id=manifest.collection_id,
+                    index_id=index_id,
+                    data_key=data_key,
+                    serialized=serialized,
+                    rows=rows,
+                    dimension=manifest.dimension,
+                )
+                if self._search_backend == kind:
+                    provisional = IndexEntry(
+                        index_id, kind, resolved, covered, rows, b"", header_sha256, size
+                    )
+                    ready = LoadedIndex(provisional, serialized, manifest.metric)
+
+                def mutate(state: _State) -> _Change:
+                    nonlocal stale
+                    live = {e.shard_id for e in state.manifest.shards}
+                    if not all(shard_id in live for shard_id in covered):
+                        stale = True
+                        raise ConflictError(
+                            "shards the index covers were compacted or forgotten while it "
+                            "was built; build it again"
+                        )
+                    entry = IndexEntry(
+                        index_id,
+                        kind,
+                        resolved,
+                        covered,
+                        rows,
+                        wrap_data_key(self._collection_key, data_key),
+                        header_sha256,
+                        size,
+                    )
+                    if ready is not None:
+                        ready.entry = entry
+                    others = tuple(i for i in state.manifest.indexes if i.kind != kind)
+                    return _Change(
+                        list(state.manifest.shards),
+                        indexes=others + (entry,),
+                        ready_index=ready,
+                    )
+
+                self._commit(mutate)
+            finally:
+                data_key.close()
+        except BaseException:
+            if ready is None:
+                serialized.release()
+            elif ready.holders == 0:
+                ready.release()
+            if stale:  # certainly not committed: nothing names the object
+                self._storage.delete(name)
+            raise
+        if ready is None:
+            serialized.release()
+        report = {
+            "kind": kind,
+            "rows": rows,
+            "params": resolved,
+            "bytes": nbytes,
+            "build_seconds": built_seconds,
+            "seconds": time.perf_counter() - started,
+            "generation": self.generation,
+        }
+        logger.info("built %s index over %d rows in %.2f s", kind, rows, built_seconds)
+        return report
+
     def _flush_rewrite(
         self, state: _State, change: _Change, pending: list[tuple[int, np.ndarray]]
     ) -> None:
@@ -1015,10 +1218,22 @@ class Collection:
                     finally:
                         data_key.close()
                     shards.append(replace(entry, wrapped_data_key=rewrapped))
+                indexes = []
+                for index in state.manifest.indexes:
+                    data_key = unwrap_data_key(
+                        self._collection_key, index.wrapped_data_key, self._memory_lock
+                    )
+                    try:
+                        rewrapped = wrap_data_key(collection_key, data_key)
+                    finally:
+                        data_key.close()
+                    indexes.append(replace(index, wrapped_data_key=rewrapped))
             except BaseException:
                 collection_key.close()
                 raise
-            return _Change(shards, key=(new_key_id, wrapped, collection_key))
+            return _Change(
+                shards, key=(new_key_id, wrapped, collection_key), indexes=tuple(indexes)
+            )
 
         self._commit(mutate)
         logger.info("collection key rotated (%s)", new_key_id)
@@ -1095,16 +1310,28 @@ class Collection:
         *,
         include: Sequence[str] = (),
         where: dict[str, Any] | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
     ) -> SearchResults:
-        """Exact top-k for each query (rows of ``queries``, or one 1-D query).
+        """Top-k for each query (rows of ``queries``, or one 1-D query): exact, or
+        approximate with the hnsw and ivf backends.
 
         Each query gets min(k, matching live records) hits, best first; equal scores
         are ordered by id. ``include`` may name "documents", "metadata", "vectors".
         ``where`` filters on metadata before top-k (see ``attributes.compile_where``):
-        ``{"tenant": "t1", "year": {"$gte": 2020}}``.
+        ``{"tenant": "t1", "year": {"$gte": 2020}}``. ``ef_search`` (hnsw) and
+        ``nprobe`` (ivf) override the index's defaults for this call: larger is slower
+        and closer to exact.
         """
         k = check_k(k)
         wanted = check_include(include)
+        if self._search_backend in INDEX_KINDS:
+            overrides = search_params(self._search_backend, ef_search, nprobe)
+        elif ef_search is not None or nprobe is not None:
+            raise ValidationError(
+                "ef_search and nprobe apply to the hnsw and ivf search backends; this "
+                f"collection searches with {self._search_backend!r}"
+            )
         program = compile_where(where) if where is not None else None
         with self._snapshot() as state:
             manifest = state.manifest
@@ -1126,6 +1353,8 @@ class Collection:
                 )
             if state.faiss_index is not None:
                 scores, rows = state.faiss_index.search(queries, k, mask, state.ranks)
+            elif state.ann is not None:
+                scores, rows = self._approximate_search(state, queries, k, mask, overrides)
             else:
                 scores, rows = _core.search(
                     [s.vectors for s in state.shards],
@@ -1158,6 +1387,163 @@ class Collection:
                     query_hits.append(hit)
                 hits.append(query_hits)
             return SearchResults(ids, scores, hits, manifest.generation)
+
+    def _approximate_search(
+        self,
+        state: _State,
+        queries: np.ndarray,
+        k: int,
+        mask: np.ndarray,
+        overrides: dict[str, int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k from the state's index over the rows it covers, merged with an exact
+        scan of the shards added since it was built. A query for which the index finds
+        fewer than min(k, allowed rows) is answered exactly instead."""
+        manifest = state.manifest
+        metric = manifest.metric
+        kept = min(k, int(np.count_nonzero(mask)))
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+
+        # Rows the index covers: FAISS with a bitmap of the allowed labels.
+        label_mask = mask[state.ann_rows]
+        covered = int(np.count_nonzero(label_mask))
+        if covered:
+            bitmap = None
+            if covered < len(label_mask):
+                bitmap = np.packbits(label_mask, bitorder="little")
+            distances, labels = self._index_search(
+                state.ann, queries, min(k, covered), bitmap, metric, overrides
+            )
+            rows = np.where(labels >= 0, state.ann_rows[np.maximum(labels, 0)], -1)
+            if metric == "l2":
+                distances = np.sqrt(np.maximum(distances, 0.0))
+            parts.append((distances, rows))
+
+        # Shards added since the build: the native kernel, exactly.
+        if state.uncovered:
+            starts = state.row_starts
+            global_rows = np.concatenate(
+                [np.arange(starts[i], starts[i + 1], dtype=np.int64) for i in state.uncovered]
+            )
+            sub_mask = np.ascontiguousarray(mask[global_rows])
+            if sub_mask.any():
+                scores, local = _core.search(
+                    [state.shards[i].vectors for i in state.uncovered],
+                    manifest.dimension,
+                    queries,
+                    k,
+                    metric,
+                    mask=sub_mask,
+                    tiebreak=np.ascontiguousarray(state.ranks[global_rows]),
+                    threads=self._threads,
+                )
+                parts.append((scores, global_rows[local]))
+
+        # Merge: best score first, ties by id rank; invalid (-1) candidates last.
+        scores = np.concatenate([p[0] for p in parts], axis=1).astype(np.float32)
+        rows = np.concatenate([p[1] for p in parts], axis=1)
+        primary, secondary = _ordering_keys(metric, scores, rows, state.ranks)
+        order = np.lexsort((secondary, primary), axis=-1)[:, :kept]
+        scores = np.take_along_axis(scores, order, axis=1)
+        rows = np.take_along_axis(rows, order, axis=1)
+
+        # The count contract: fall back to an exact search where the index came short.
+        short = np.flatnonzero((rows < 0).any(axis=1))
+        if len(short):
+            logger.info("%d queries answered exactly: the index found too few rows", len(short))
+            exact_scores, exact_rows = _core.search(
+                [s.vectors for s in state.shards],
+                manifest.dimension,
+                np.ascontiguousarray(queries[short]),
+                k,
+                metric,
+                mask=mask,
+                tiebreak=state.ranks,
+                threads=self._threads,
+            )
+            scores[short] = exact_scores
+            rows[short] = exact_rows
+        return scores, rows
+
+    def _index_search(
+        self,
+        ann: LoadedIndex,
+        queries: np.ndarray,
+        k: int,
+        bitmap: np.ndarray | None,
+        metric: str,
+        overrides: dict[str, int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS search; cosine queries are normalized in locked scratch memory."""
+        if metric != "cosine":
+            return ann.search(queries, k, bitmap, **overrides)
+        scratch = _core.SecureBuffer(queries.nbytes, self._memory_lock)
+        try:
+            with memoryview(scratch) as view:
+                unit = np.frombuffer(view, dtype=np.float32).reshape(queries.shape)
+                np.copyto(unit, queries)
+                norms = np.sqrt(np.einsum("ij,ij->i", unit, unit, dtype=np.float64))
+                unit /= norms.astype(np.float32)[:, None]
+                result = ann.search(unit, k, bitmap, **overrides)
+                del unit
+            return result
+        finally:
+            scratch.release()
+
+
+def _ordering_keys(metric: str, scores: np.ndarray, rows: np.ndarray, ranks: np.ndarray):
+    """(primary, secondary) sort keys, ascending = better; invalid rows (-1) last."""
+    valid = rows >= 0
+    primary = np.where(valid, scores if metric == "l2" else -scores, np.inf)
+    secondary = np.where(valid, ranks[np.where(valid, rows, 0)], np.iinfo(np.int64).max)
+    return primary, secondary
+
+
+def _retire(
+    retired: tuple[tuple[bytes, int], ...],
+    dropped: set[bytes],
+    oldest_kept: int,
+    generation: int,
+) -> tuple[tuple[tuple[bytes, int], ...], set[bytes]]:
+    """Objects dropped from the live list stay ``retired`` while a retained manifest
+    still names them; returns (still retired, ids no retained manifest names)."""
+    kept = []
+    collectable = set()
+    # An object dropped at generation g is named only by manifests older than g.
+    for object_id, dropped_at in retired:
+        if dropped_at > oldest_kept:
+            kept.append((object_id, dropped_at))
+        else:
+            collectable.add(object_id)
+    if oldest_kept < generation:
+        kept.extend((object_id, generation) for object_id in sorted(dropped))
+    else:
+        collectable |= dropped
+    return tuple(kept), collectable
+
+
+def _named_objects(manifest: Manifest) -> set[str]:
+    """Every shard and index object the manifest, or a retained older one, names."""
+    return (
+        {shard_object_name(e.shard_id) for e in manifest.shards}
+        | {shard_object_name(shard_id) for shard_id, _ in manifest.retired}
+        | {index_object_name(i.index_id) for i in manifest.indexes}
+        | {index_object_name(index_id) for index_id, _ in manifest.retired_indexes}
+    )
+
+
+def _attach_index(state: _State, ann: LoadedIndex) -> None:
+    """Map the index's FAISS labels to the state's global rows."""
+    position = {s.shard_id: i for i, s in enumerate(state.shards)}
+    pieces = []
+    for shard_id in ann.entry.shards:
+        index = position[shard_id]
+        start = int(state.row_starts[index])
+        pieces.append(np.arange(start, start + state.shards[index].rows, dtype=np.int64))
+    state.ann = ann
+    state.ann_rows = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    covered = set(ann.entry.shards)
+    state.uncovered = [i for i, s in enumerate(state.shards) if s.shard_id not in covered]
 
 
 def _all_rows(state: _State, ids: list[str]) -> np.ndarray:

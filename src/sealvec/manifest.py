@@ -92,6 +92,60 @@ class ShardEntry:
         return entry
 
 
+INDEX_KINDS = ("hnsw", "ivf")
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """A sealed FAISS index over the rows of some live shards (approximate search).
+
+    FAISS labels are positions in the concatenation of ``shards`` (all their rows,
+    deleted ones included; those are masked at search time). The entry is dropped
+    from the manifest as soon as one of its shards leaves the live list.
+    """
+
+    index_id: bytes
+    kind: str
+    params: dict[str, Any]
+    shards: tuple[bytes, ...]
+    rows: int
+    wrapped_data_key: bytes
+    header_sha256: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.index_id.hex(),
+            "kind": self.kind,
+            "params": self.params,
+            "shards": [shard_id.hex() for shard_id in self.shards],
+            "rows": self.rows,
+            "wrapped_data_key": base64.b64encode(self.wrapped_data_key).decode("ascii"),
+            "header_sha256": self.header_sha256,
+            "size": self.size,
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> IndexEntry:
+        entry = cls(
+            index_id=bytes.fromhex(value["id"]),
+            kind=str(value["kind"]),
+            params=dict(value["params"]),
+            shards=tuple(bytes.fromhex(s) for s in value["shards"]),
+            rows=int(value["rows"]),
+            wrapped_data_key=base64.b64decode(value["wrapped_data_key"]),
+            header_sha256=str(value["header_sha256"]),
+            size=int(value["size"]),
+        )
+        if len(entry.index_id) != 16 or entry.kind not in INDEX_KINDS:
+            raise ValueError("bad index entry")
+        if entry.rows <= 0 or entry.size <= 0 or not entry.shards:
+            raise ValueError("bad index entry")
+        if any(len(s) != 16 for s in entry.shards) or len(set(entry.shards)) != len(entry.shards):
+            raise ValueError("bad index entry shards")
+        return entry
+
+
 @dataclass(frozen=True)
 class Manifest:
     collection_id: bytes
@@ -104,31 +158,51 @@ class Manifest:
     # Shards dropped from the live list, with the generation that dropped them: older
     # retained manifests still name them, so they are kept until those are pruned.
     retired: tuple[tuple[bytes, int], ...] = ()
+    # Approximate-search indexes over live shards, and dropped ones still named by
+    # older retained manifests (with the generation that dropped them).
+    indexes: tuple[IndexEntry, ...] = ()
+    retired_indexes: tuple[tuple[bytes, int], ...] = ()
 
     @property
     def live_rows(self) -> int:
         return sum(s.live_rows for s in self.shards)
 
     def next(
-        self, shards: tuple[ShardEntry, ...], retired: tuple[tuple[bytes, int], ...]
+        self,
+        shards: tuple[ShardEntry, ...],
+        retired: tuple[tuple[bytes, int], ...],
+        indexes: tuple[IndexEntry, ...] = (),
+        retired_indexes: tuple[tuple[bytes, int], ...] = (),
     ) -> Manifest:
-        return replace(self, generation=self.generation + 1, shards=shards, retired=retired)
+        return replace(
+            self,
+            generation=self.generation + 1,
+            shards=shards,
+            retired=retired,
+            indexes=indexes,
+            retired_indexes=retired_indexes,
+        )
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "format": MANIFEST_FORMAT,
-                "collection_id": self.collection_id.hex(),
-                "generation": self.generation,
-                "dimension": self.dimension,
-                "metric": self.metric,
-                "model": self.model,
-                "settings": self.settings,
-                "shards": [s.to_json() for s in self.shards],
-                "retired": [[shard_id.hex(), generation] for shard_id, generation in self.retired],
-            },
-            separators=(",", ":"),
-        ).encode("utf-8")
+        body: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "collection_id": self.collection_id.hex(),
+            "generation": self.generation,
+            "dimension": self.dimension,
+            "metric": self.metric,
+            "model": self.model,
+            "settings": self.settings,
+            "shards": [s.to_json() for s in self.shards],
+            "retired": [[shard_id.hex(), generation] for shard_id, generation in self.retired],
+        }
+        # Written only when present, so manifests without indexes keep their v1 bytes.
+        if self.indexes:
+            body["indexes"] = [i.to_json() for i in self.indexes]
+        if self.retired_indexes:
+            body["retired_indexes"] = [
+                [index_id.hex(), generation] for index_id, generation in self.retired_indexes
+            ]
+        return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def from_json(cls, raw: bytes) -> Manifest:
@@ -148,6 +222,11 @@ class Manifest:
                     (bytes.fromhex(shard_id), int(generation))
                     for shard_id, generation in value.get("retired", [])
                 ),
+                indexes=tuple(IndexEntry.from_json(i) for i in value.get("indexes", [])),
+                retired_indexes=tuple(
+                    (bytes.fromhex(index_id), int(generation))
+                    for index_id, generation in value.get("retired_indexes", [])
+                ),
             )
         except IntegrityError:
             raise
@@ -157,6 +236,14 @@ class Manifest:
             raise IntegrityError("manifest names an unknown metric or bad dimension")
         if len({s.shard_id for s in manifest.shards}) != len(manifest.shards):
             raise IntegrityError("manifest lists a shard twice")
+        live = {s.shard_id: s.rows for s in manifest.shards}
+        for index in manifest.indexes:
+            if any(s not in live for s in index.shards) or index.rows != sum(
+                live[s] for s in index.shards
+            ):
+                raise IntegrityError("manifest names an index over shards it does not list")
+        if len({i.index_id for i in manifest.indexes}) != len(manifest.indexes):
+            raise IntegrityError("manifest lists an index twice")
         return manifest
 
 

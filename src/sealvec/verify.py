@@ -13,7 +13,8 @@ from sealvec.errors import (
     StorageError,
 )
 from sealvec.generations import GenerationRecord
-from sealvec.keys import KeyProvider, LocalKeyring, SecretKey
+from sealvec.ann import INDEX_PREFIX, index_object_name, load_index
+from sealvec.keys import KeyProvider, LocalKeyring, SecretKey, unwrap_data_key
 from sealvec.manifest import (
     MANIFEST_PREFIX,
     load_manifest_shard,
@@ -32,9 +33,9 @@ def verify_store(
     memory_lock: str = "required",
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Authenticate every retained manifest and every shard of the newest one.
+    """Authenticate every retained manifest, and every shard and index of the newest.
 
-    Each shard is decrypted into locked memory one at a time and released at once.
+    Each object is decrypted into locked memory one at a time and released at once.
     Raises IntegrityError on the first failure; returns counts otherwise.
     """
     storage = location if isinstance(location, Storage) else LocalDirectory(location)
@@ -78,6 +79,8 @@ def verify_store(
                 raise IntegrityError(f"manifest {name} belongs to another collection")
             referenced.update(shard_object_name(s.shard_id) for s in opened.manifest.shards)
             referenced.update(shard_object_name(i) for i, _ in opened.manifest.retired)
+            referenced.update(index_object_name(i.index_id) for i in opened.manifest.indexes)
+            referenced.update(index_object_name(i) for i, _ in opened.manifest.retired_indexes)
             check_shard_sizes(storage, opened.manifest, name)
 
         # Decrypt every shard of the newest generation, one at a time.
@@ -85,10 +88,26 @@ def verify_store(
             raise CollectionNotFoundError(f"no readable manifest at {storage.location}")
         manifest = opened.manifest
         rows = 0
-        total = len(manifest.shards)
+        total = len(manifest.shards) + len(manifest.indexes)
         for done, entry in enumerate(manifest.shards, start=1):
             load_manifest_shard(storage, manifest, entry, cached[2], memory_lock).release()
             rows += entry.rows
+            if on_progress:
+                on_progress(done, total)
+        for done, index in enumerate(manifest.indexes, start=len(manifest.shards) + 1):
+            data_key = unwrap_data_key(cached[2], index.wrapped_data_key, memory_lock)
+            try:
+                load_index(
+                    storage,
+                    collection_id=manifest.collection_id,
+                    dimension=manifest.dimension,
+                    metric=manifest.metric,
+                    entry=index,
+                    data_key=data_key,
+                    memory_lock=memory_lock,
+                ).release()
+            finally:
+                data_key.close()
             if on_progress:
                 on_progress(done, total)
     finally:
@@ -100,13 +119,15 @@ def verify_store(
     record.check(manifest.collection_id, storage.location, generations[-1])
     record.record(manifest.collection_id, storage.location, generations[-1])
 
-    unreferenced = sorted(set(storage.list("shards/")) - referenced)
+    stored = storage.list("shards/") + storage.list(INDEX_PREFIX)
+    unreferenced = sorted(set(stored) - referenced)
     return {
         "location": storage.location,
         "generation": generations[-1],
         "manifests_checked": len(generations) - len(unverifiable),
         "manifests_under_destroyed_keys": unverifiable,
         "shards_checked": len(manifest.shards),
+        "indexes_checked": len(manifest.indexes),
         "rows": rows,
         "live_rows": manifest.live_rows,
         "unreferenced": unreferenced,
@@ -148,6 +169,10 @@ def describe_store(
         "deleted_rows": sum(len(s.deleted) for s in manifest.shards),
         "shards": len(manifest.shards),
         "stored_bytes": sum(s.size for s in manifest.shards),
+        "indexes": [
+            {"kind": i.kind, "rows": i.rows, "params": i.params, "stored_bytes": i.size}
+            for i in manifest.indexes
+        ],
         "retain_generations": manifest.settings.get("retain_generations"),
     }
 
@@ -165,4 +190,16 @@ def check_shard_sizes(storage: Storage, manifest, manifest_name: str) -> None:
                 ) from None
             raise
         if size != entry.size:
+            raise IntegrityError(f"{name} named by {manifest_name} has the wrong size")
+    for index in manifest.indexes:
+        name = index_object_name(index.index_id)
+        try:
+            size = storage.size(name)
+        except StorageError as error:
+            if isinstance(error.__cause__, FileNotFoundError):
+                raise IntegrityError(
+                    f"{name} is named by {manifest_name} but missing from {storage.location}"
+                ) from None
+            raise
+        if size != index.size:
             raise IntegrityError(f"{name} named by {manifest_name} has the wrong size")
