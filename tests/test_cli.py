@@ -279,3 +279,36 @@ def test_stats_and_verify_remember_the_generation_and_check_shards(tmp_path):
         for location in (store, link):
             result = sealvec(command, str(location), check=False)
             assert result.returncode == 3 and "rollback refused" in result.stderr, result.stderr
+
+
+def test_index_build_and_approximate_query(ingested, tmp_path):
+    import shutil
+
+    store = tmp_path / "copy"
+    shutil.copytree(ingested[0], store)
+    vectors = np.load(VECTORS)
+    np.save(tmp_path / "q.npy", vectors[321])
+    built = json.loads(sealvec("index", str(store), "--kind", "hnsw", "--m", "16", "--json").stdout)
+    assert built["kind"] == "hnsw" and built["rows"] == 3390 and built["params"]["m"] == 16
+    sealvec("index", str(store), "--kind", "ivf", "--nlist", "32")
+    exact = json.loads(
+        sealvec("query", str(store), "--vector", str(tmp_path / "q.npy"), "-k", "5", "--json").stdout
+    )[0]
+    for backend, knob in (("hnsw", ["--ef-search", "200"]), ("ivf", ["--nprobe", "32"])):
+        hits = json.loads(
+            sealvec(
+                "query", str(store), "--vector", str(tmp_path / "q.npy"), "-k", "5",
+                "--backend", backend, *knob, "--json",
+            ).stdout
+        )[0]
+        assert [h["id"] for h in hits] == [h["id"] for h in exact]
+    stats = json.loads(sealvec("stats", str(store), "--json").stdout)
+    assert sorted(i["kind"] for i in stats["indexes"]) == ["hnsw", "ivf"]
+    verified = json.loads(sealvec("verify", str(store), "--json").stdout)
+    assert verified["indexes_checked"] == 2
+    wrong = sealvec("index", str(store), "--kind", "hnsw", "--nlist", "4", check=False)
+    assert wrong.returncode == 2 and "do not apply" in wrong.stderr
+    wrong = sealvec(
+        "query", str(store), "--vector", str(tmp_path / "q.npy"), "--nprobe", "3", check=False
+    )
+    assert wrong.returncode == 2 and "nprobe" in wrong.stderr

@@ -513,6 +513,12 @@ def stats(settings: _Settings, store, as_json) -> None:
         return
     table = Table("field", "value")
     for key, value in info.items():
+        if key == "indexes":
+            value = "\n".join(
+                f"{i['kind']}: {i['rows']} rows, "
+                + ", ".join(f"{name}={param}" for name, param in i["params"].items())
+                for i in value
+            ) or "none"
         table.add_row(key, str(value))
     out.print(table)
 
