@@ -147,6 +147,7 @@ class Searcher {
     for (TopK& heap : heaps) heap.reset(kept_);
     std::vector<float> raw(query_tile_ * block_rows_);
     std::vector<float> row_sq_norms(block_rows_);
+    std::vector<float> row_norms(block_rows_);
     for (std::size_t tile = query_begin; tile < query_end; tile += query_tile_) {
       const std::size_t tile_queries = std::min(query_tile_, query_end - tile);
       // Visit each segment overlapping the row range, block by block.
@@ -160,9 +161,11 @@ class Searcher {
           kernel_(request_.metric, block_rows, block_count,
                   request_.queries + tile * request_.dim, tile_queries, request_.dim,
                   raw.data(), row_sq_norms.data());
+          if (request_.metric == Metric::Cosine)
+            for (std::size_t r = 0; r < block_count; ++r) row_norms[r] = std::sqrt(row_sq_norms[r]);
           for (std::size_t q = 0; q < tile_queries; ++q)
             offer_block(tile + q, block, block_count, raw.data() + q * block_count,
-                        row_sq_norms.data(), heaps[tile + q - query_begin]);
+                        row_norms.data(), heaps[tile + q - query_begin]);
         }
       }
     }
@@ -179,20 +182,55 @@ class Searcher {
   }
 
  private:
+  // The score of one raw kernel value (row norm for cosine).
+  float score_of(float raw, float row_norm, float query_norm) const {
+    if (request_.metric == Metric::L2) return std::sqrt(std::max(raw, 0.0f));
+    if (request_.metric == Metric::Cosine) {
+      const float denominator = row_norm * query_norm;
+      return denominator > 0.0f ? raw / denominator : 0.0f;
+    }
+    return raw;
+  }
+
+  // The best key any row of the block could have (masks ignored). Keys are monotone in
+  // the raw value for inner product and L2, so the best raw value gives it exactly; a
+  // NaN is passed over (its key, -inf, never beats a full heap's worst unless that is
+  // -inf too, when the block is not skipped).
+  float best_key_in_block(const float* raw, std::size_t count, const float* row_norms,
+                          float query_norm) const {
+    const Metric metric = request_.metric;
+    if (metric == Metric::Cosine) {
+      float best = -std::numeric_limits<float>::infinity();
+      for (std::size_t r = 0; r < count; ++r) {
+        const float key = score_of(raw[r], row_norms[r], query_norm);
+        best = key > best ? key : best;
+      }
+      return best;
+    }
+    float extreme = metric == Metric::L2 ? std::numeric_limits<float>::infinity()
+                                         : -std::numeric_limits<float>::infinity();
+    if (metric == Metric::L2) {
+      for (std::size_t r = 0; r < count; ++r) extreme = raw[r] < extreme ? raw[r] : extreme;
+    } else {
+      for (std::size_t r = 0; r < count; ++r) extreme = raw[r] > extreme ? raw[r] : extreme;
+    }
+    return oriented_key(metric, score_of(extreme, 0.0f, 0.0f));
+  }
+
   // Turns raw kernel values into scores and offers the allowed rows to the query's heap.
   void offer_block(std::size_t query, std::size_t first_row, std::size_t count, const float* raw,
-                   const float* row_sq_norms, TopK& heap) const {
+                   const float* row_norms, TopK& heap) const {
     const Metric metric = request_.metric;
+    const float query_norm = metric == Metric::Cosine ? query_norms_[query] : 0.0f;
+    // Once the heap is full most blocks hold nothing better than its worst: one
+    // vectorizable pass over the block rejects them whole.
+    if (heap.full() && best_key_in_block(raw, count, row_norms, query_norm) < heap.worst_key())
+      return;
     for (std::size_t r = 0; r < count; ++r) {
       const std::size_t row = first_row + r;
       if (request_.mask != nullptr && request_.mask[row] == 0) continue;
-      float score = raw[r];
-      if (metric == Metric::L2) {
-        score = std::sqrt(std::max(score, 0.0f));
-      } else if (metric == Metric::Cosine) {
-        const float denominator = std::sqrt(row_sq_norms[r]) * query_norms_[query];
-        score = denominator > 0.0f ? score / denominator : 0.0f;
-      }
+      const float score = score_of(raw[r], metric == Metric::Cosine ? row_norms[r] : 0.0f,
+                                   query_norm);
       const float key = oriented_key(metric, score);
       // Cheap rejection before touching the tiebreak array.
       if (heap.full() && key < heap.worst_key()) continue;
