@@ -78,6 +78,11 @@ def _import_faiss():
         raise ValidationError(
             "approximate search needs faiss: pip install 'sealvec[faiss]'"
         ) from None
+    if not hasattr(faiss, "ZeroCopyIOReader"):
+        raise ValidationError(
+            f"approximate search reads indexes in place with faiss's ZeroCopyIOReader "
+            f"(faiss-cpu 1.11 or newer); this is faiss {faiss.__version__}"
+        )
     return faiss
 
 
