@@ -11,6 +11,8 @@ struct Ops {
   static constexpr std::size_t kWidth = 8;
   // 16 ymm registers: 3 rows x 4 queries = 12 accumulators + 3 row vectors + 1 query vector.
   static constexpr int kQueryGroup = 4;
+  static constexpr bool kHasReduce4x4 = false;  // see the AVX-512 variant
+  static inline void reduce_4x4(const Vec*, float*, std::size_t, int) {}
   static constexpr int rows_for(int queries, bool norms) {
     return queries >= 4 ? 3 : queries == 3 ? (norms ? 2 : 3) : queries == 2 ? (norms ? 3 : 4)
                                                                              : 4;

@@ -40,6 +40,43 @@ struct Ops {
     const __m128 total = _mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 0x55));
     return _mm_cvtss_f32(total);
   }
+
+  // Sixteen reduce()s at once: acc[4 * r + q] for 4 rows x 4 queries, written to
+  // out[q * stride + r] for the first `queries` queries. Every step pairs the same lanes
+  // reduce() pairs (i + i+8, then i + i+4, i + i+2, i + i+1), so each sum is
+  // bit-identical to reduce().
+  static constexpr bool kHasReduce4x4 = true;
+  static inline void reduce_4x4(const Vec* acc, float* out, std::size_t stride, int queries) {
+    // 512 -> 256: two vectors per register, [fold(a) | fold(b)].
+    __m512 folded[8];
+    for (int p = 0; p < 8; ++p) {
+      const __m512 a = acc[2 * p], b = acc[2 * p + 1];
+      folded[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                                _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    // 256 -> 128: four vectors per register, one per 128-bit block.
+    __m512 quarters[4];
+    for (int p = 0; p < 4; ++p) {
+      const __m512 a = folded[2 * p], b = folded[2 * p + 1];
+      quarters[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+    }
+    // 128 -> 64 within each block: block k of pairs[n] holds vectors 8n+k and 8n+4+k.
+    __m512 pairs[2];
+    for (int n = 0; n < 2; ++n) {
+      const __m512 a = quarters[2 * n], b = quarters[2 * n + 1];
+      pairs[n] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                               _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    // 64 -> 32: lane 4k + j is the sum of acc[k + 4j], i.e. row j of query k.
+    const __m512 totals =
+        _mm512_add_ps(_mm512_shuffle_ps(pairs[0], pairs[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                      _mm512_shuffle_ps(pairs[0], pairs[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm_storeu_ps(out, _mm512_castps512_ps128(totals));
+    if (queries > 1) _mm_storeu_ps(out + stride, _mm512_extractf32x4_ps(totals, 1));
+    if (queries > 2) _mm_storeu_ps(out + 2 * stride, _mm512_extractf32x4_ps(totals, 2));
+    if (queries > 3) _mm_storeu_ps(out + 3 * stride, _mm512_extractf32x4_ps(totals, 3));
+  }
 };
 
 #include "simd_block_impl.inc"

@@ -12,6 +12,8 @@ struct Ops {
   static constexpr std::size_t kWidth = 4;
   // Same register budget as AVX2 (16 SSE registers on x86-64).
   static constexpr int kQueryGroup = 4;
+  static constexpr bool kHasReduce4x4 = false;  // see the AVX-512 variant
+  static inline void reduce_4x4(const Vec*, float*, std::size_t, int) {}
   static constexpr int rows_for(int queries, bool norms) {
     return queries >= 4 ? 3 : queries == 3 ? (norms ? 2 : 3) : queries == 2 ? (norms ? 3 : 4)
                                                                              : 4;
