@@ -21,6 +21,47 @@ namespace {
 // ---- SIMD dispatch -------------------------------------------------------------------------
 
 std::atomic<SimdLevel> g_active_level{SimdLevel::Scalar};
+std::atomic<bool> g_bf16_native_dot{true};
+
+bool cpu_has_native_bf16_dot() {
+#if defined(SEALVEC_X86_SIMD) && defined(__x86_64__)
+  static const bool supported = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+  }();
+  return supported;
+#else
+  return false;
+#endif
+}
+
+bool native_bf16_dot_active() {
+  return g_active_level.load() == SimdLevel::Avx512 && g_bf16_native_dot.load() &&
+         cpu_has_native_bf16_dot();
+}
+
+Bf16BlockKernel bf16_kernel_for(SimdLevel level) {
+  switch (level) {
+#if defined(SEALVEC_X86_SIMD)
+    case SimdLevel::Avx512:
+      return native_bf16_dot_active() ? &simd_avx512bf16::compute_block_bf16
+                                      : &simd_avx512::compute_block_bf16;
+    case SimdLevel::Avx2:
+      return &simd_avx2::compute_block_bf16;
+#endif
+    default:
+      return &simd_scalar::compute_block_bf16;
+  }
+}
+
+// float32 -> bfloat16, round to nearest even (inputs are finite: NaN never gets here).
+inline std::uint16_t to_bf16(float value) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return static_cast<std::uint16_t>(bits >> 16);
+}
 
 BlockKernel kernel_for(SimdLevel level) {
   switch (level) {
@@ -103,8 +144,15 @@ inline float score_from_key(Metric metric, float key) { return metric == Metric:
 
 class Searcher {
  public:
-  Searcher(const SearchRequest& request, std::size_t kept)
-      : request_(request), kept_(kept), kernel_(kernel_for(g_active_level.load())) {
+  // `kept` results per query; `capacity` candidates per query during the scan (= kept for
+  // float32; the bfloat16 scan keeps more, to be scored exactly afterwards).
+  Searcher(const SearchRequest& request, std::size_t kept, std::size_t capacity)
+      : request_(request),
+        kept_(kept),
+        capacity_(capacity),
+        approximate_(request.precision == Precision::BFloat16),
+        kernel_(kernel_for(g_active_level.load())),
+        bf16_kernel_(bf16_kernel_for(g_active_level.load())) {
     // Prefix sums of segment sizes give each segment's first global row.
     segment_starts_.reserve(request.segments.size() + 1);
     std::size_t start = 0;
@@ -137,6 +185,22 @@ class Searcher {
         query_norms_[q] = std::sqrt(static_cast<float>(sum));
       }
     }
+    // The bfloat16 scan compares queries in bfloat16, and needs |q|^2 for l2.
+    if (approximate_) {
+      bf16_queries_.resize(request.query_count * request.dim);
+      query_sq_norms_.resize(request.query_count);
+      for (std::size_t q = 0; q < request.query_count; ++q)
+        convert_to_bf16(request.queries + q * request.dim, 1, request.dim,
+                        bf16_queries_.data() + q * request.dim, query_sq_norms_.data() + q);
+    }
+  }
+
+  ~Searcher() {
+    // The bfloat16 queries are derived from the caller's (sensitive) query vectors.
+    if (!bf16_queries_.empty()) {
+      volatile std::uint16_t* values = bf16_queries_.data();
+      for (std::size_t i = 0; i < bf16_queries_.size(); ++i) values[i] = 0;
+    }
   }
 
   // Scans global rows [row_begin, row_end) for queries [query_begin, query_end) into heaps
@@ -144,7 +208,7 @@ class Searcher {
   void scan(std::size_t query_begin, std::size_t query_end, std::size_t row_begin,
             std::size_t row_end, std::vector<TopK>& heaps) const {
     heaps.resize(query_end - query_begin);
-    for (TopK& heap : heaps) heap.reset(kept_);
+    for (TopK& heap : heaps) heap.reset(capacity_);
     std::vector<float> raw(query_tile_ * block_rows_);
     std::vector<float> row_sq_norms(block_rows_);
     std::vector<float> row_norms(block_rows_);
@@ -156,8 +220,18 @@ class Searcher {
         const std::size_t seg_end = std::min(segment_starts_[s + 1], row_end);
         for (std::size_t block = seg_begin; block < seg_end; block += block_rows_) {
           const std::size_t block_count = std::min(block_rows_, seg_end - block);
-          const float* block_rows =
-              request_.segments[s].rows + (block - segment_starts_[s]) * request_.dim;
+          const std::size_t local = block - segment_starts_[s];
+          if (approximate_) {
+            const RowSegment& segment = request_.segments[s];
+            bf16_kernel_(segment.bf16_rows + local * request_.dim, block_count,
+                         bf16_queries_.data() + tile * request_.dim, tile_queries, request_.dim,
+                         raw.data());
+            for (std::size_t q = 0; q < tile_queries; ++q)
+              offer_block_approximate(tile + q, block, block_count, raw.data() + q * block_count,
+                                      segment.sq_norms + local, heaps[tile + q - query_begin]);
+            continue;
+          }
+          const float* block_rows = request_.segments[s].rows + local * request_.dim;
           kernel_(request_.metric, block_rows, block_count,
                   request_.queries + tile * request_.dim, tile_queries, request_.dim,
                   raw.data(), row_sq_norms.data());
@@ -170,6 +244,33 @@ class Searcher {
       }
     }
   }
+
+  // Scores a bfloat16 scan's candidates for one query exactly (the float32 kernel on each
+  // candidate row: the value an exact search gives the pair) and writes the best, best first.
+  void rerank(std::size_t query, std::vector<Candidate>& candidates, float* scores,
+              std::int64_t* rows) const {
+    for (Candidate& candidate : candidates) {
+      const std::size_t row = static_cast<std::size_t>(candidate.row);
+      const std::size_t s = static_cast<std::size_t>(
+          std::upper_bound(segment_starts_.begin(), segment_starts_.end() - 1, row) -
+          segment_starts_.begin() - 1);
+      const float* data = request_.segments[s].rows + (row - segment_starts_[s]) * request_.dim;
+      float raw = 0.0f, row_sq_norm = 0.0f;
+      kernel_(request_.metric, data, 1, request_.queries + query * request_.dim, 1, request_.dim,
+              &raw, &row_sq_norm);
+      const float row_norm = request_.metric == Metric::Cosine ? std::sqrt(row_sq_norm) : 0.0f;
+      const float query_norm = request_.metric == Metric::Cosine ? query_norms_[query] : 0.0f;
+      candidate.key = oriented_key(request_.metric, score_of(raw, row_norm, query_norm));
+    }
+    const std::size_t keep = std::min(kept_, candidates.size());
+    std::partial_sort(candidates.begin(), candidates.begin() + keep, candidates.end(),
+                      ranks_before);
+    candidates.resize(keep);
+    emit(query, candidates, scores, rows);
+  }
+
+  bool approximate() const { return approximate_; }
+  std::size_t capacity() const { return capacity_; }
 
   // Writes one query's kept candidates, best first.
   void emit(std::size_t query, std::vector<Candidate>& candidates, float* scores,
@@ -241,9 +342,52 @@ class Searcher {
     }
   }
 
+  // The bfloat16 scan's ranking key: the approximate inner product, and for l2 and cosine the
+  // float32 row norm from the segment; larger is better.
+  float approximate_key(float dot, float row_sq_norm, std::size_t query) const {
+    switch (request_.metric) {
+      case Metric::L2:
+        return -(row_sq_norm + query_sq_norms_[query] - 2.0f * dot);
+      case Metric::Cosine: {
+        const float denominator = std::sqrt(row_sq_norm) * query_norms_[query];
+        return denominator > 0.0f ? dot / denominator : 0.0f;
+      }
+      default:
+        return dot;
+    }
+  }
+
+  void offer_block_approximate(std::size_t query, std::size_t first_row, std::size_t count,
+                               const float* raw, const float* sq_norms, TopK& heap) const {
+    if (heap.full()) {
+      float best = -std::numeric_limits<float>::infinity();
+      for (std::size_t r = 0; r < count; ++r) {
+        const float key = approximate_key(raw[r], sq_norms[r], query);
+        best = key > best ? key : best;
+      }
+      if (best < heap.worst_key()) return;
+    }
+    for (std::size_t r = 0; r < count; ++r) {
+      const std::size_t row = first_row + r;
+      if (request_.mask != nullptr && request_.mask[row] == 0) continue;
+      float key = approximate_key(raw[r], sq_norms[r], query);
+      if (std::isnan(key)) key = -std::numeric_limits<float>::infinity();
+      if (heap.full() && key < heap.worst_key()) continue;
+      const std::int64_t tie = request_.tiebreak != nullptr
+                                   ? load_int64(request_.tiebreak, row)
+                                   : static_cast<std::int64_t>(row);
+      heap.offer(Candidate{key, tie, static_cast<std::int64_t>(row)});
+    }
+  }
+
   const SearchRequest& request_;
   std::size_t kept_;
+  std::size_t capacity_;
+  bool approximate_;
   BlockKernel kernel_;
+  Bf16BlockKernel bf16_kernel_;
+  std::vector<std::uint16_t> bf16_queries_;
+  std::vector<float> query_sq_norms_;
   std::vector<std::size_t> segment_starts_;
   std::size_t block_rows_ = 16;
   std::size_t query_tile_ = 1;
@@ -451,7 +595,18 @@ void run_search(const SearchRequest& request, std::size_t kept, float* scores,
   const std::size_t row_count = total_rows(request);
   const std::size_t query_count = request.query_count;
   if (kept == 0 || query_count == 0) return;
-  Searcher searcher(request, kept);
+  // The bfloat16 scan keeps `candidates` per query (never fewer than k, never more than
+  // there are rows to find), then scores those exactly.
+  const bool approximate = request.precision == Precision::BFloat16;
+  const std::size_t capacity =
+      approximate ? std::min(std::max(request.candidates, kept), allowed_rows(request)) : kept;
+  Searcher searcher(request, kept, capacity);
+  const auto finish = [&](std::size_t q, std::vector<Candidate>& candidates) {
+    if (approximate)
+      searcher.rerank(q, candidates, scores, rows);
+    else
+      searcher.emit(q, candidates, scores, rows);
+  };
 
   // Small workloads stay on the calling thread; otherwise about 1M multiply-adds per thread.
   const double work = static_cast<double>(row_count) * request.dim * query_count;
@@ -463,7 +618,7 @@ void run_search(const SearchRequest& request, std::size_t kept, float* scores,
   if (threads <= 1) {
     std::vector<TopK> heaps;
     searcher.scan(0, query_count, 0, row_count, heaps);
-    for (std::size_t q = 0; q < query_count; ++q) searcher.emit(q, heaps[q].items(), scores, rows);
+    for (std::size_t q = 0; q < query_count; ++q) finish(q, heaps[q].items());
     return;
   }
 
@@ -482,11 +637,33 @@ void run_search(const SearchRequest& request, std::size_t kept, float* scores,
       merged.insert(merged.end(), items.begin(), items.end());
       std::vector<Candidate>().swap(items);  // free as we go
     }
-    // The top `kept` of the union is unique under the strict total order.
-    std::partial_sort(merged.begin(), merged.begin() + kept, merged.end(), ranks_before);
-    merged.resize(kept);
-    searcher.emit(q, merged, scores, rows);
+    // The top `capacity` of the union is unique under the strict total order.
+    std::partial_sort(merged.begin(), merged.begin() + capacity, merged.end(), ranks_before);
+    merged.resize(capacity);
+    finish(q, merged);
   }
 }
+
+void convert_to_bf16(const float* values, std::size_t rows, std::size_t dim,
+                     std::uint16_t* bf16_out, float* sq_norms_out) {
+  for (std::size_t r = 0; r < rows; ++r) {
+    const float* row = values + r * dim;
+    std::uint16_t* out = bf16_out + r * dim;
+    double sum = 0.0;
+    for (std::size_t d = 0; d < dim; ++d) {
+      float value;
+      std::memcpy(&value, row + d, sizeof(value));  // rows may be unaligned
+      out[d] = to_bf16(value);
+      sum += static_cast<double>(value) * value;
+    }
+    sq_norms_out[r] = static_cast<float>(sum);
+  }
+}
+
+const char* bf16_dot_name() {
+  return native_bf16_dot_active() ? "avx512_bf16" : simd_level_name(g_active_level.load());
+}
+
+void set_bf16_native_dot(bool allowed) { g_bf16_native_dot.store(allowed); }
 
 }  // namespace sealvec

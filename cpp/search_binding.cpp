@@ -52,7 +52,9 @@ py::array validated_queries(const py::object& queries, std::int64_t dim) {
 
 py::tuple search(const py::sequence& segments, std::int64_t dim, const py::object& queries,
                  std::int64_t k, const std::string& metric, const py::object& mask,
-                 const py::object& tiebreak, std::int64_t threads) {
+                 const py::object& tiebreak, std::int64_t threads,
+                 const py::object& bf16_segments, const py::object& sq_norms,
+                 std::int64_t candidates) {
   // Scalar arguments first.
   if (dim <= 0 || dim > kMaxDim)
     throw py::value_error("dim must be between 1 and 2**20, got " + std::to_string(dim));
@@ -85,6 +87,37 @@ py::tuple search(const py::sequence& segments, std::int64_t dim, const py::objec
                                           view.size() / row_bytes});
   }
   const std::size_t rows = total_rows(request);
+
+  // Reduced precision: a bfloat16 copy and the squared norms of every segment's rows.
+  std::vector<PyBufferView> bf16_views, norm_views;
+  if (!bf16_segments.is_none() || !sq_norms.is_none()) {
+    if (bf16_segments.is_none() || sq_norms.is_none())
+      throw py::value_error("bf16_segments and sq_norms go together");
+    const py::sequence bf16_list = py::reinterpret_borrow<py::sequence>(bf16_segments);
+    const py::sequence norm_list = py::reinterpret_borrow<py::sequence>(sq_norms);
+    if (py::len(bf16_list) != views.size() || py::len(norm_list) != views.size())
+      throw py::value_error("bf16_segments and sq_norms need one entry per segment");
+    if (candidates < 0)
+      throw py::value_error("candidates must be >= 0, got " + std::to_string(candidates));
+    for (std::size_t i = 0; i < views.size(); ++i) {
+      const std::string index = "[" + std::to_string(i) + "]";
+      bf16_views.push_back(PyBufferView::acquire(bf16_list[i], "bf16_segments" + index));
+      norm_views.push_back(PyBufferView::acquire(norm_list[i], "sq_norms" + index));
+      const std::size_t segment_rows = request.segments[i].row_count;
+      if (bf16_views.back().size() != segment_rows * request.dim * sizeof(std::uint16_t))
+        throw py::value_error("bf16_segments" + index + " must hold " +
+                              std::to_string(segment_rows) + " rows of " +
+                              std::to_string(dim) + " bfloat16 values");
+      if (norm_views.back().size() != segment_rows * sizeof(float))
+        throw py::value_error("sq_norms" + index + " must hold one float32 per row (" +
+                              std::to_string(segment_rows) + ")");
+      request.segments[i].bf16_rows =
+          reinterpret_cast<const std::uint16_t*>(bf16_views.back().data());
+      request.segments[i].sq_norms = reinterpret_cast<const float*>(norm_views.back().data());
+    }
+    request.precision = Precision::BFloat16;
+    request.candidates = static_cast<std::size_t>(std::max<std::int64_t>(candidates, k));
+  }
 
   // Optional per-row mask (uint8) and tiebreak (int64) must cover every row exactly.
   PyBufferView mask_view, tiebreak_view;
@@ -148,7 +181,42 @@ void register_search(py::module_& module) {
   module.def("search", &search, py::arg("segments"), py::arg("dim"), py::arg("queries"),
              py::arg("k"), py::arg("metric"), py::arg("mask") = py::none(),
              py::arg("tiebreak") = py::none(), py::arg("threads") = 0,
-             "Exact top-k over float32 row segments; returns (scores, rows), best first.");
+             py::arg("bf16_segments") = py::none(), py::arg("sq_norms") = py::none(),
+             py::arg("candidates") = 0,
+             "Top-k over float32 row segments; returns (scores, rows), best first. Exact,\n"
+             "or with bf16_segments and sq_norms (see to_bfloat16): `candidates` per query\n"
+             "found by a bfloat16 scan, then scored exactly in float32.");
+  module.def(
+      "to_bfloat16",
+      [](const py::object& rows, std::int64_t dim, const py::object& bf16_out,
+         const py::object& sq_norms_out) {
+        if (dim <= 0 || dim > kMaxDim)
+          throw py::value_error("dim must be between 1 and 2**20, got " + std::to_string(dim));
+        PyBufferView source = PyBufferView::acquire(rows, "rows");
+        PyBufferView target = PyBufferView::acquire(bf16_out, "bf16_out", true);
+        PyBufferView norms = PyBufferView::acquire(sq_norms_out, "sq_norms_out", true);
+        const std::size_t row_bytes = static_cast<std::size_t>(dim) * sizeof(float);
+        if (source.size() % row_bytes != 0)
+          throw py::value_error("rows must hold whole float32 rows of dim " +
+                                std::to_string(dim));
+        const std::size_t count = source.size() / row_bytes;
+        if (target.size() != count * static_cast<std::size_t>(dim) * sizeof(std::uint16_t) ||
+            norms.size() != count * sizeof(float))
+          throw py::value_error("bf16_out must hold rows x dim uint16 and sq_norms_out rows "
+                                "float32");
+        py::gil_scoped_release without_gil;
+        convert_to_bf16(reinterpret_cast<const float*>(source.data()), count,
+                        static_cast<std::size_t>(dim),
+                        reinterpret_cast<std::uint16_t*>(target.mutable_data()),
+                        reinterpret_cast<float*>(norms.mutable_data()));
+      },
+      py::arg("rows"), py::arg("dim"), py::arg("bf16_out"), py::arg("sq_norms_out"),
+      "Write bfloat16 copies (round to nearest even) and squared norms of float32 rows.");
+  module.def("bf16_dot", [] { return std::string(bf16_dot_name()); },
+             "What the bfloat16 scan runs on: 'avx512_bf16' (native dot products), or the\n"
+             "active SIMD level widening to float32.");
+  module.def("set_bf16_native_dot", &set_bf16_native_dot, py::arg("allowed"),
+             "Allow (default) or forbid native bfloat16 dot products (for tests).");
   module.def("simd_level", [] { return std::string(simd_level_name(active_simd_level())); },
              "The active SIMD variant: 'scalar', 'avx2' or 'avx512'.");
   module.def(

@@ -38,5 +38,31 @@ struct Ops {
 
 #include "simd_block_impl.inc"
 
+// bfloat16 widened to float32 (a 16-bit shift) and multiplied with FMA.
+struct Bf16Ops {
+  using Acc = __m256;
+  using Raw = __m256;
+  static constexpr std::size_t kStep = 8;
+  static constexpr int kQueryGroup = 4;
+  static constexpr int kRowGroup = 3;
+  static constexpr int kStreamRows = 4;
+  static inline Acc zero() { return _mm256_setzero_ps(); }
+  static inline Raw widen(__m128i halves) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(halves), 16));
+  }
+  static inline Raw load(const std::uint16_t* p) {
+    return widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static inline Raw load_partial(const std::uint16_t* p, std::size_t n) {
+    std::uint16_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (std::size_t i = 0; i < n; ++i) part[i] = p[i];
+    return widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(part)));
+  }
+  static inline Acc dot(Raw a, Raw b, Acc acc) { return _mm256_fmadd_ps(a, b, acc); }
+  static inline float reduce(Acc v) { return Ops::reduce(v); }
+};
+
+#include "simd_bf16_impl.inc"
+
 }  // namespace sealvec::simd_avx2
 #endif

@@ -81,5 +81,30 @@ struct Ops {
 
 #include "simd_block_impl.inc"
 
+// bfloat16 widened to float32 (a 16-bit shift) and multiplied with FMA; for CPUs with
+// AVX-512 but without native bfloat16 dot products.
+struct Bf16Ops {
+  using Acc = __m512;
+  using Raw = __m512;
+  static constexpr std::size_t kStep = 16;
+  static constexpr int kQueryGroup = 6;
+  static constexpr int kRowGroup = 4;
+  static constexpr int kStreamRows = 8;
+  static inline Acc zero() { return _mm512_setzero_ps(); }
+  static inline Raw widen(__m256i halves) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+  }
+  static inline Raw load(const std::uint16_t* p) {
+    return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static inline Raw load_partial(const std::uint16_t* p, std::size_t n) {
+    return widen(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1u), p));
+  }
+  static inline Acc dot(Raw a, Raw b, Acc acc) { return _mm512_fmadd_ps(a, b, acc); }
+  static inline float reduce(Acc v) { return Ops::reduce(v); }
+};
+
+#include "simd_bf16_impl.inc"
+
 }  // namespace sealvec::simd_avx512
 #endif

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace sealvec {
 
@@ -18,19 +19,38 @@ using BlockKernel = void (*)(Metric metric, const float* rows, std::size_t row_c
                              const float* queries, std::size_t query_count, std::size_t dim,
                              float* out, float* row_sq_norms);
 
+// bfloat16 rows and queries (bit patterns): out[q * row_count + r] = dot(row r, query q).
+using Bf16BlockKernel = void (*)(const std::uint16_t* rows, std::size_t row_count,
+                                 const std::uint16_t* queries, std::size_t query_count,
+                                 std::size_t dim, float* out);
+
 namespace simd_scalar {
 void compute_block(Metric metric, const float* rows, std::size_t row_count, const float* queries,
                    std::size_t query_count, std::size_t dim, float* out, float* row_sq_norms);
+void compute_block_bf16(const std::uint16_t* rows, std::size_t row_count,
+                        const std::uint16_t* queries, std::size_t query_count, std::size_t dim,
+                        float* out);
 }
 
 #if defined(SEALVEC_X86_SIMD)
 namespace simd_avx2 {
 void compute_block(Metric metric, const float* rows, std::size_t row_count, const float* queries,
                    std::size_t query_count, std::size_t dim, float* out, float* row_sq_norms);
+void compute_block_bf16(const std::uint16_t* rows, std::size_t row_count,
+                        const std::uint16_t* queries, std::size_t query_count, std::size_t dim,
+                        float* out);
 }
 namespace simd_avx512 {
 void compute_block(Metric metric, const float* rows, std::size_t row_count, const float* queries,
                    std::size_t query_count, std::size_t dim, float* out, float* row_sq_norms);
+void compute_block_bf16(const std::uint16_t* rows, std::size_t row_count,
+                        const std::uint16_t* queries, std::size_t query_count, std::size_t dim,
+                        float* out);
+}
+namespace simd_avx512bf16 {
+void compute_block_bf16(const std::uint16_t* rows, std::size_t row_count,
+                        const std::uint16_t* queries, std::size_t query_count, std::size_t dim,
+                        float* out);
 }
 #endif
 

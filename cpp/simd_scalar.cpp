@@ -1,4 +1,5 @@
 // Portable variant: 4 independent lanes in plain C++, built for the platform's default target.
+#include <cstdint>
 #include <cstring>
 
 #include "simd_kernels.hpp"
@@ -42,5 +43,32 @@ struct Ops {
 };
 
 #include "simd_block_impl.inc"
+
+// bfloat16 widened to float32 (the bits shifted up by 16), four independent lanes.
+struct Bf16Ops {
+  using Acc = Ops::Vec;
+  using Raw = Ops::Vec;
+  static constexpr std::size_t kStep = 4;
+  static constexpr int kQueryGroup = 4;
+  static constexpr int kRowGroup = 3;
+  static constexpr int kStreamRows = 4;
+  static inline Acc zero() { return Ops::zero(); }
+  static inline float widen(std::uint16_t bits) {
+    const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
+    float value;
+    std::memcpy(&value, &wide, sizeof(value));
+    return value;
+  }
+  static inline Raw load_partial(const std::uint16_t* p, std::size_t n) {
+    Raw v = zero();
+    for (std::size_t i = 0; i < n; ++i) v.lane[i] = widen(p[i]);
+    return v;
+  }
+  static inline Raw load(const std::uint16_t* p) { return load_partial(p, 4); }
+  static inline Acc dot(Raw a, Raw b, Acc acc) { return Ops::fmadd(a, b, acc); }
+  static inline float reduce(Acc v) { return Ops::reduce(v); }
+};
+
+#include "simd_bf16_impl.inc"
 
 }  // namespace sealvec::simd_scalar

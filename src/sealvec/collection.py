@@ -94,7 +94,7 @@ from sealvec.validation import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEY_ID = "local:default"
-SEARCH_BACKENDS = ("native", "faiss", *INDEX_KINDS)
+SEARCH_BACKENDS = ("native", "faiss", *INDEX_KINDS, "bf16")
 DEFAULT_RETAIN_GENERATIONS = 10
 MEMORY_LOCK_CHOICES = ("required", "best_effort")
 _COMMIT_ATTEMPTS = 20
@@ -263,7 +263,7 @@ class Collection:
             raise ValidationError(
                 f"search_backend must be one of {SEARCH_BACKENDS}, got {search_backend!r}"
             )
-        if search_backend != "native":
+        if search_backend not in ("native", "bf16"):
             try:
                 import faiss  # noqa: F401
             except ImportError:
@@ -272,6 +272,9 @@ class Collection:
                     "pip install 'sealvec[faiss]'"
                 ) from None
         self._search_backend = search_backend
+        # bf16 backend: per shard id, its bfloat16 copy and row norms in locked memory,
+        # released with the shard.
+        self._reduced: dict[bytes, tuple[_core.SecureBuffer, _core.SecureBuffer]] = {}
         self._storage = storage
         self._provider = provider
         self._memory_lock = memory_lock
@@ -522,6 +525,29 @@ class Collection:
             shard.holders -= 1
             if shard.holders == 0:
                 shard.release()
+                self._release_reduced(shard.shard_id)
+
+    def _release_reduced(self, shard_id: bytes) -> None:
+        for buffer in self._reduced.pop(shard_id, ()):
+            buffer.release()
+
+    def _reduce_shards(self, shards: list[LoadedShard], dimension: int) -> None:
+        """bfloat16 copies (and squared row norms) of shards that lack them."""
+        for shard in shards:
+            if shard.shard_id in self._reduced:
+                continue
+            halves = _core.SecureBuffer(2 * shard.rows * dimension, self._memory_lock)
+            norms = _core.SecureBuffer(4 * shard.rows, self._memory_lock)
+            try:
+                with memoryview(halves) as out, memoryview(norms) as norms_out:
+                    _core.to_bfloat16(shard.vectors, dimension, out, norms_out)
+                halves.seal()
+                norms.seal()
+            except BaseException:
+                halves.release()
+                norms.release()
+                raise
+            self._reduced[shard.shard_id] = (halves, norms)
 
     def _install(self, state: _State) -> None:
         with self._state_lock:
@@ -570,6 +596,8 @@ class Collection:
                 ann = self._index_for(manifest, current, ready_index)
                 if ann is not None:
                     _attach_index(state, ann)
+            if self._search_backend == "bf16":
+                self._reduce_shards(shards, manifest.dimension)
         except BaseException:
             if state is not None:  # drop its views of the shards before releasing them
                 if state.faiss_index is not None:
@@ -577,6 +605,7 @@ class Collection:
                 state.id_table.close()
             for shard in loaded.values():
                 shard.release()
+                self._release_reduced(shard.shard_id)
             if ann is not None and ann.holders == 0:
                 ann.release()
             raise
@@ -1312,6 +1341,7 @@ class Collection:
         where: dict[str, Any] | None = None,
         ef_search: int | None = None,
         nprobe: int | None = None,
+        candidates: int | None = None,
     ) -> SearchResults:
         """Top-k for each query (rows of ``queries``, or one 1-D query): exact, or
         approximate with the hnsw and ivf backends.
@@ -1321,7 +1351,8 @@ class Collection:
         ``where`` filters on metadata before top-k (see ``attributes.compile_where``):
         ``{"tenant": "t1", "year": {"$gte": 2020}}``. ``ef_search`` (hnsw) and
         ``nprobe`` (ivf) override the index's defaults for this call: larger is slower
-        and closer to exact.
+        and closer to exact. ``candidates`` (bf16) is how many rows per query the
+        bfloat16 scan keeps for exact scoring (default max(2k, k + 32)).
         """
         k = check_k(k)
         wanted = check_include(include)
@@ -1332,6 +1363,14 @@ class Collection:
                 "ef_search and nprobe apply to the hnsw and ivf search backends; this "
                 f"collection searches with {self._search_backend!r}"
             )
+        if candidates is not None:
+            if self._search_backend != "bf16":
+                raise ValidationError(
+                    "candidates applies to the bf16 search backend; this collection "
+                    f"searches with {self._search_backend!r}"
+                )
+            if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+                raise ValidationError(f"candidates must be a positive int, got {candidates!r}")
         program = compile_where(where) if where is not None else None
         with self._snapshot() as state:
             manifest = state.manifest
@@ -1355,6 +1394,21 @@ class Collection:
                 scores, rows = state.faiss_index.search(queries, k, mask, state.ranks)
             elif state.ann is not None:
                 scores, rows = self._approximate_search(state, queries, k, mask, overrides)
+            elif self._search_backend == "bf16":
+                reduced = [self._reduced[s.shard_id] for s in state.shards]
+                scores, rows = _core.search(
+                    [s.vectors for s in state.shards],
+                    manifest.dimension,
+                    queries,
+                    k,
+                    manifest.metric,
+                    mask=mask,
+                    tiebreak=state.ranks,
+                    threads=self._threads,
+                    bf16_segments=[halves for halves, _ in reduced],
+                    sq_norms=[norms for _, norms in reduced],
+                    candidates=candidates or max(2 * k, k + 32),
+                )
             else:
                 scores, rows = _core.search(
                     [s.vectors for s in state.shards],
