@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -54,6 +55,21 @@ std::string lock_failure_details(std::size_t tried_bytes, int error_number) {
          " bytes via SecureBuffers";
 }
 
+// Locks [data, data + size). With `on_fault` the pages are locked as they are first
+// touched instead of all at once here (mlock2 MLOCK_ONFAULT, Linux >= 4.4); the limit is
+// checked for the whole range either way. Falls back to a plain mlock where unsupported.
+int lock_pages(void* data, std::size_t size, bool on_fault) {
+#if defined(SYS_mlock2) && defined(MLOCK_ONFAULT)
+  if (on_fault) {
+    if (syscall(SYS_mlock2, data, size, MLOCK_ONFAULT) == 0) return 0;
+    if (errno != EINVAL && errno != ENOSYS) return -1;
+  }
+#else
+  (void)on_fault;
+#endif
+  return mlock(data, size);
+}
+
 }  // namespace
 
 constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
@@ -61,6 +77,9 @@ constexpr std::size_t kHugePageThreshold = std::size_t{4} << 20;
 
 std::uint64_t locked_bytes() { return g_locked_bytes.load(); }
 
+// Runs without the GIL (see the binding): no Python calls here. A refused lock under
+// MemoryLockPolicy::Required throws LockRefused; under BestEffort the reason is kept in
+// unlocked_reason_ for the binding to log.
 SecureBuffer::SecureBuffer(std::size_t nbytes, MemoryLockPolicy policy) : nbytes_(nbytes) {
   if (nbytes == 0) {
     wiped_ = true;  // nothing mapped, nothing to wipe
@@ -113,38 +132,29 @@ SecureBuffer::SecureBuffer(std::size_t nbytes, MemoryLockPolicy policy) : nbytes
   }
 #endif
 
-  // Pin the data pages in RAM so they never reach swap.
-  if (mlock(data_, data_bytes_) == 0) {
+  // Pin the data pages in RAM so they never reach swap. Large buffers are locked on
+  // fault: the kernel then zeroes and pins each huge page in whichever thread first
+  // writes it (decryption workers, in parallel, while the data is hot in cache) rather
+  // than all of them here, one after another. A page is locked from the moment it
+  // exists, so nothing written to it can reach swap either way.
+  if (lock_pages(data_, data_bytes_, huge) == 0) {
     locked_ = true;
     g_locked_bytes += data_bytes_;
     return;
   }
   const int lock_errno = errno;
-  const std::string details = lock_failure_details(data_bytes_, lock_errno);
+  std::string details = lock_failure_details(data_bytes_, lock_errno);
   if (policy == MemoryLockPolicy::Required) {
     munmap(mapping_, mapping_bytes);
     mapping_ = data_ = nullptr;
     wiped_ = true;
-    const std::string message =
+    throw LockRefused(
         details +
         ". Fix: raise the limit (ulimit -l, LimitMEMLOCK= in systemd, --ulimit memlock=-1 for "
         "docker) or grant CAP_IPC_LOCK, or pass memory_lock='best_effort' to continue without "
-        "locking";
-    py::object error_class = py::module_::import("sealvec.errors").attr("MemoryLockError");
-    PyErr_SetString(error_class.ptr(), message.c_str());
-    throw py::error_already_set();
+        "locking");
   }
-  // Warn once per process; later unlocked buffers are counted at DEBUG only.
-  static std::atomic<bool> warned{false};
-  py::object logger = py::module_::import("logging").attr("getLogger")("sealvec.memory");
-  if (!warned.exchange(true)) {
-    logger.attr("warning")(
-        "continuing without locked memory (pages may be swapped; further unlocked buffers "
-        "are not reported again): %s",
-        details);
-  } else {
-    logger.attr("debug")("SecureBuffer continues without locked memory: %s", details);
-  }
+  unlocked_reason_ = std::move(details);
 }
 
 SecureBuffer::~SecureBuffer() { wipe_and_unmap(); }
@@ -239,6 +249,48 @@ void secure_buffer_releasebuffer(PyObject* object, Py_buffer* view) {
 
 }  // namespace
 
+MemoryLockPolicy parse_memory_lock(const std::string& memory_lock) {
+  if (memory_lock == "required") return MemoryLockPolicy::Required;
+  if (memory_lock == "best_effort") return MemoryLockPolicy::BestEffort;
+  throw py::value_error("memory_lock must be 'required' or 'best_effort', got '" + memory_lock +
+                        "'");
+}
+
+// Allocates without the GIL, so buffers for several shards can be mapped and locked
+// in parallel threads; raises MemoryLockError or logs the best-effort warning with it.
+std::unique_ptr<SecureBuffer> make_secure_buffer(std::size_t nbytes, MemoryLockPolicy policy) {
+  std::unique_ptr<SecureBuffer> buffer;
+  std::string refusal;
+  {
+    py::gil_scoped_release without_gil;
+    try {
+      buffer = std::make_unique<SecureBuffer>(nbytes, policy);
+    } catch (const LockRefused& error) {
+      refusal = error.what();
+    }
+  }
+  if (!buffer) {
+    py::object error_class = py::module_::import("sealvec.errors").attr("MemoryLockError");
+    PyErr_SetString(error_class.ptr(), refusal.c_str());
+    throw py::error_already_set();
+  }
+  if (!buffer->unlocked_reason().empty()) {
+    // Warn once per process; later unlocked buffers are counted at DEBUG only.
+    static std::atomic<bool> warned{false};
+    py::object logger = py::module_::import("logging").attr("getLogger")("sealvec.memory");
+    if (!warned.exchange(true)) {
+      logger.attr("warning")(
+          "continuing without locked memory (pages may be swapped; further unlocked buffers "
+          "are not reported again): %s",
+          buffer->unlocked_reason());
+    } else {
+      logger.attr("debug")("SecureBuffer continues without locked memory: %s",
+                           buffer->unlocked_reason());
+    }
+  }
+  return buffer;
+}
+
 void register_secure_buffer(py::module_& module) {
   py::class_<SecureBuffer> cls(module, "SecureBuffer", py::buffer_protocol(),
                                "Bytes in locked, non-dumpable, guard-paged memory.");
@@ -246,13 +298,8 @@ void register_secure_buffer(py::module_& module) {
             if (nbytes < 0 || static_cast<std::uint64_t>(nbytes) > kMaxBufferBytes)
               throw py::value_error("nbytes must be between 0 and 2**47, got " +
                                     std::to_string(nbytes));
-            MemoryLockPolicy policy;
-            if (memory_lock == "required") policy = MemoryLockPolicy::Required;
-            else if (memory_lock == "best_effort") policy = MemoryLockPolicy::BestEffort;
-            else
-              throw py::value_error("memory_lock must be 'required' or 'best_effort', got '" +
-                                    memory_lock + "'");
-            return std::make_unique<SecureBuffer>(static_cast<std::size_t>(nbytes), policy);
+            return make_secure_buffer(static_cast<std::size_t>(nbytes),
+                                      parse_memory_lock(memory_lock));
           }),
           py::arg("nbytes"), py::arg("memory_lock") = "required")
       .def("seal", &SecureBuffer::seal, "Make the bytes read-only (mprotect). Idempotent.")

@@ -67,6 +67,48 @@ def test_lock_accounting_and_vmlck():
     assert _core.locked_bytes() == before_bytes
 
 
+def test_large_buffer_is_locked_on_fault_with_the_same_protections():
+    """Large buffers (huge pages) lock their pages as they are first written: the whole
+    range counts as locked from the start and carries the same flags."""
+    before_kib, before_bytes = vm_locked_kib(), _core.locked_bytes()
+    nbytes = 64 * 1024 * 1024 + 3
+    buffer = _core.SecureBuffer(nbytes)
+    assert buffer.locked
+    assert vm_locked_kib() - before_kib >= nbytes // 1024
+    assert _core.locked_bytes() - before_bytes >= nbytes
+    flags = vm_flags_at(address_of(buffer))
+    assert "lo" in flags and "dd" in flags
+    if buffer.wipe_on_fork:
+        assert "wf" in flags
+    values = np.frombuffer(buffer, dtype=np.uint8)
+    values[::4096] = 7  # fault every page in
+    assert int(values[::4096].min()) == 7 and int(values[1::4096].max()) == 0
+    del values
+    buffer.seal()
+    buffer.release()
+    assert vm_locked_kib() == before_kib
+    assert _core.locked_bytes() == before_bytes
+
+
+def test_buffers_are_made_in_parallel_threads():
+    """Construction releases the GIL; buffers made at once in threads are independent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = _core.locked_bytes()
+    sizes = [(i % 3) * (5 << 20) + PAGE * (i + 1) for i in range(12)]
+    with ThreadPoolExecutor(4) as pool:
+        buffers = list(pool.map(_core.SecureBuffer, sizes))
+    for index, buffer in enumerate(buffers):
+        assert buffer.locked and buffer.nbytes == sizes[index]
+        np.frombuffer(buffer, dtype=np.uint8)[:] = index
+    for index, buffer in enumerate(buffers):
+        view = np.frombuffer(buffer, dtype=np.uint8)
+        assert int(view.min()) == int(view.max()) == index
+        del view
+        buffer.release()
+    assert _core.locked_bytes() == before
+
+
 def test_smaps_flags_locked_dontdump_wipeonfork():
     buffer = _core.SecureBuffer(2 * PAGE)
     flags = vm_flags_at(address_of(buffer))
