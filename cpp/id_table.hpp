@@ -1,5 +1,5 @@
-// IdTable: string ids that stay inside the caller's (locked) buffers, indexed by a hash map of
-// string_views into those buffers; no copies of id bytes are made.
+// IdTable: string ids that stay inside the caller's (locked) buffers, indexed by an
+// open-addressing hash table of row numbers; no copies of id bytes are made.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -7,7 +7,6 @@
 
 #include <cstdint>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "py_buffer.hpp"
@@ -30,22 +29,26 @@ class IdTable {
   struct Shard {
     PyBufferView offsets;
     PyBufferView data;
-    std::size_t first_row;
-    std::size_t row_count;
   };
   // Keeps the table open while a method runs without the GIL; close() then defers.
   class Operation;
 
   void ensure_open() const;
   void release_views();
-  std::uint64_t offset(const Shard& shard, std::size_t index) const;
-  std::string_view id_view(std::size_t row) const;
+  void build_index();  // runs without the GIL
+  std::int64_t find_newest(std::string_view id, std::uint64_t hash) const;
 
   std::vector<Shard> shards_;
   std::size_t row_count_ = 0;
-  // Newest row per distinct id, and for each row the previous row with the same id (or -1).
-  std::unordered_map<std::string_view, std::int64_t> newest_row_;
+  // Every row's id, validated once against its shard's buffers (which stay held).
+  std::vector<std::string_view> ids_;
+  // Hash slots: 0 for empty, else the high kTagBits of the id's hash above row + 1 of
+  // the newest row with that id. For each row, the previous row with the same id or -1.
+  std::vector<std::uint64_t> slots_;
+  std::uint64_t slot_mask_ = 0;
   std::vector<std::int64_t> previous_same_id_;
+  // Each row's position in id order (bytes, then row): what ranks() returns.
+  std::vector<std::int64_t> ranks_;
   bool closed_ = false;
   int active_operations_ = 0;  // changed only with the GIL held
 };

@@ -149,3 +149,45 @@ def test_context_manager_closes():
         assert table.lookup(["x"]).tolist() == [0]
     with pytest.raises(ValueError, match="closed"):
         table.lookup(["x"])
+
+
+def _python_ranks(ids: list[str]) -> np.ndarray:
+    order = sorted(range(len(ids)), key=lambda r: (ids[r].encode("utf-8"), r))
+    expected = np.empty(len(ids), np.int64)
+    expected[order] = np.arange(len(ids))
+    return expected
+
+
+def test_large_table_ranks_and_lookup_match_python():
+    """Past the size where ranks are sorted on a second thread: long shared prefixes,
+    ids equal in the 8 bytes after them, prefixes of each other, bytes >= 0x80 and
+    duplicates across shards."""
+    rng = np.random.default_rng(7)
+    base = [f"tenant-0042/document-{i:07d}" for i in rng.permutation(30_000)]
+    tails = [f"tenant-0042/document-{i:07d}{suffix}" for i in range(50) for suffix in ("", "a", "é", "\x00")]
+    odd = ["tenant-0042/", "tenant-0042/document-", "tenant-0042/document-ÿ", "tenant-0042/document-😀"]
+    ids = base + tails + odd + base[:2000] + base[100:300]  # later copies repeat ids
+    rng.shuffle(shards := [ids[i : i + 9000] for i in range(0, len(ids), 9000)])
+    table = make_table(shards)
+    flat = [i for shard in shards for i in shard]
+    np.testing.assert_array_equal(table.ranks(), _python_ranks(flat))
+    newest = {value: row for row, value in enumerate(flat)}
+    queries = sorted(set(flat))[::7] + ["missing", "tenant-0042/document-x"]
+    assert table.lookup(queries).tolist() == [newest.get(q, -1) for q in queries]
+    # Deleting the newest copies exposes the older ones, newest first.
+    mask = np.ones(len(flat), np.uint8)
+    mask[[newest[q] for q in queries if q in newest]] = 0
+    older = {}
+    for row, value in enumerate(flat):
+        if mask[row]:
+            older[value] = row
+    assert table.lookup(queries, mask).tolist() == [older.get(q, -1) for q in queries]
+
+
+def test_large_table_of_one_repeated_id():
+    table = make_table([["same"] * 20_000, ["same"] * 5])
+    np.testing.assert_array_equal(table.ranks(), np.arange(20_005))
+    assert table.lookup(["same"]).tolist() == [20_004]
+    mask = np.zeros(20_005, np.uint8)
+    mask[3] = 1
+    assert table.lookup(["same"], mask).tolist() == [3]
