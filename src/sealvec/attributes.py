@@ -55,6 +55,8 @@ def _tag_and_value(value: Any) -> tuple[int, float, bytes]:
 def encode_attributes(metadata: Sequence[dict[str, Any]]) -> bytes:
     """The attributes section for validated metadata, one dict per row."""
     rows = len(metadata)
+    if not any(metadata):
+        return _U64.pack(0)  # no keys at all
     keys = sorted({key for record in metadata for key in record}, key=lambda k: k.encode())
     parts = [_U64.pack(len(keys))]
     for key in keys:

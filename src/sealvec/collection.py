@@ -16,7 +16,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,7 +58,6 @@ from sealvec.keys import (
 from sealvec.manifest import (
     INDEX_KINDS,
     MANIFEST_PREFIX,
-    load_manifest_shard,
     METRICS,
     IndexEntry,
     Manifest,
@@ -72,9 +70,10 @@ from sealvec.manifest import (
 )
 from sealvec.shard import (
     LoadedShard,
-    encode_payload,
-    encode_strings,
+    ShardSource,
+    encode_payloads,
     gather_rows,
+    load_shards,
     secure_copy,
     SHARD_PREFIX,
     shard_object_name,
@@ -661,37 +660,44 @@ class Collection:
     def _load_shards(
         self, manifest: Manifest, entries: list[ShardEntry]
     ) -> dict[bytes, LoadedShard]:
-        """Decrypt shards in parallel threads (cryptography releases the GIL)."""
+        """Decrypt shards, their segments in parallel threads (cryptography releases
+        the GIL)."""
         if not entries:
             return {}
-
-        def load(entry: ShardEntry) -> LoadedShard:
-            return load_manifest_shard(
-                self._storage, manifest, entry, self._collection_key, self._memory_lock
-            )
-
         started = time.perf_counter()
-        workers = min(len(entries), self._threads or os.cpu_count() or 1)
-        loaded: dict[bytes, LoadedShard] = {}
-        errors: list[BaseException] = []
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(load, e) for e in entries]
-            for future in futures:
-                try:
-                    shard = future.result()
-                    loaded[shard.shard_id] = shard
-                except BaseException as error:  # noqa: BLE001 - raised once below
-                    errors.append(error)
-        if errors:
-            for shard in loaded.values():
-                shard.release()
-            if isinstance(errors[0], MemoryLockError):
-                needed = sum(e.size for e in entries)
-                raise MemoryLockError(
-                    f"opening {self._storage.location} needs about {needed} bytes of locked "
-                    f"memory for {len(entries)} shards; {errors[0]}"
-                ) from None
-            raise errors[0]
+        data_keys: list[SecretKey] = []
+        try:
+            for entry in entries:
+                data_keys.append(
+                    unwrap_data_key(
+                        self._collection_key, entry.wrapped_data_key, self._memory_lock
+                    )
+                )
+            sources = [
+                ShardSource(
+                    manifest.collection_id,
+                    entry.shard_id,
+                    manifest.dimension,
+                    entry.rows,
+                    entry.header_sha256,
+                    entry.size,
+                    data_key,
+                )
+                for entry, data_key in zip(entries, data_keys)
+            ]
+            shards = load_shards(
+                self._storage, sources, memory_lock=self._memory_lock, threads=self._threads
+            )
+        except MemoryLockError as error:
+            needed = sum(e.size for e in entries)
+            raise MemoryLockError(
+                f"opening {self._storage.location} needs about {needed} bytes of locked "
+                f"memory for {len(entries)} shards; {error}"
+            ) from None
+        finally:
+            for data_key in data_keys:
+                data_key.close()
+        loaded = {shard.shard_id: shard for shard in shards}
         logger.info(
             "decrypted %d shards (%d bytes) in %.3f s",
             len(loaded),
@@ -849,25 +855,20 @@ class Collection:
         documents: list[str | None],
         metadata: list[dict[str, Any]],
     ) -> tuple[ShardEntry, LoadedShard]:
-        """Copy a caller's batch into locked memory, then seal it as a new shard."""
+        """Pack a caller's batch into locked memory and seal it as a new shard; the
+        vectors are copied in segment by segment as they are sealed."""
+        lock = self._memory_lock
         buffers = []
         try:
-            buffers.append(secure_copy(vectors, self._memory_lock))
-            buffers.append(
-                secure_copy(encode_strings([i.encode("utf-8") for i in ids]), self._memory_lock)
-            )
-            buffers.append(
-                secure_copy(
-                    encode_strings([encode_payload(d, m) for d, m in zip(documents, metadata)]),
-                    self._memory_lock,
-                )
-            )
-            buffers.append(secure_copy(encode_attributes(metadata), self._memory_lock))
+            buffers.append(_core.SecureBuffer(vectors.nbytes, lock))
+            buffers.append(_core.pack_strings(ids, lock))
+            buffers.append(_core.pack_strings(encode_payloads(documents, metadata), lock))
+            buffers.append(secure_copy(encode_attributes(metadata), lock))
         except BaseException:
             for buffer in buffers:
                 buffer.release()
             raise
-        return self._seal_shard(state, len(ids), *buffers)
+        return self._seal_shard(state, len(ids), *buffers, vector_source=vectors)
 
     def _seal_shard(
         self,
@@ -877,9 +878,11 @@ class Collection:
         ids: _core.SecureBuffer,
         payloads: _core.SecureBuffer,
         attributes: _core.SecureBuffer,
+        vector_source: np.ndarray | None = None,
     ) -> tuple[ShardEntry, LoadedShard]:
         """Encrypt sections held in locked memory under a fresh DEK; they become the
-        new shard's loaded form (no decrypt round trip)."""
+        new shard's loaded form (no decrypt round trip). With ``vector_source`` the
+        vectors buffer is filled from it while sealing (see ``write_shard``)."""
         manifest = state.manifest
         shard_id = os.urandom(16)
         try:
@@ -896,6 +899,8 @@ class Collection:
                     ids=ids,
                     payloads=payloads,
                     attributes=attributes,
+                    vector_source=vector_source,
+                    threads=self._threads,
                 )
                 wrapped = wrap_data_key(self._collection_key, data_key)
             finally:

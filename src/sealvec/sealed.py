@@ -259,15 +259,39 @@ class SealedWriter:
                 f"section {section_id} was declared {entry.plain_len} bytes, "
                 f"got {view.nbytes}"
             )
-        aad = associated_data(self._digest, section_id)
         for index in range(entry.segment_count):
             start, length = entry.segment_bounds(index)
-            last = index == entry.segment_count - 1
-            nonce = nonce_for(self._prefix, section_id, index, last)
-            encryptor = Cipher(algorithms.AES(self._segment_key), modes.GCM(nonce)).encryptor()
-            encryptor.authenticate_additional_data(aad)
-            ciphertext = encryptor.update(view[start : start + length]) + encryptor.finalize()
-            yield ciphertext + encryptor.tag
+            sealed = bytearray(length + TAG_SIZE)
+            self.seal_segment_into(section_id, index, view[start : start + length], sealed)
+            yield bytes(sealed)
+
+    def section_entry(self, section_id: int) -> SectionEntry:
+        """The layout of a declared section: segment size and count, offset."""
+        return self._sections[section_id]
+
+    def seal_segment_into(
+        self, section_id: int, index: int, plain: bytes | memoryview, out: bytearray | memoryview
+    ) -> int:
+        """Seal segment ``index`` of a section: write its ciphertext, then its tag, into
+        ``out`` (at least TAG_SIZE bytes longer than ``plain``, which must be exactly
+        the segment's plaintext). Returns the bytes written. Segments may be sealed in
+        any order and from several threads at once."""
+        entry = self._sections[section_id]
+        if not 0 <= index < entry.segment_count:
+            raise ValueError(f"section {section_id} has no segment {index}")
+        _, length = entry.segment_bounds(index)
+        if memoryview(plain).nbytes != length or memoryview(out).nbytes < length + TAG_SIZE:
+            raise ValueError(f"segment {index} of section {section_id} is {length} bytes")
+        last = index == entry.segment_count - 1
+        nonce = nonce_for(self._prefix, section_id, index, last)
+        encryptor = Cipher(algorithms.AES(self._segment_key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(associated_data(self._digest, section_id))
+        with memoryview(out)[: length + TAG_SIZE] as target:
+            if length:
+                encryptor.update_into(plain, target)  # needs 15 bytes of room past length
+            encryptor.finalize()
+            target[length:] = encryptor.tag
+        return length + TAG_SIZE
 
 
 # --------------------------------------------------------------------------- reading

@@ -16,15 +16,19 @@ non-dumpable memory), sealed read-only once filled.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import json
 import logging
 import os
 import struct
 import threading
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -45,7 +49,6 @@ from sealvec.sealed import (
     Header,
     SealedWriter,
     SectionDecryptor,
-    zero_fill,
     decrypt_section_into,
     parse_header,
     read_exact,
@@ -115,6 +118,13 @@ def secure_copy(data, memory_lock: str) -> _core.SecureBuffer:
     return buffer
 
 
+def encode_payloads(documents: Sequence[str | None], metadata: Sequence[dict]) -> list[bytes]:
+    """One encoded payload per row (see ``encode_payload``)."""
+    if documents.count(None) == len(documents) and not any(metadata):
+        return [_EMPTY_PAYLOAD] * len(documents)
+    return [encode_payload(d, m) for d, m in zip(documents, metadata)]
+
+
 def write_shard(
     storage: Storage,
     *,
@@ -128,10 +138,21 @@ def write_shard(
     payloads: _core.SecureBuffer,
     attributes: _core.SecureBuffer,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
+    vector_source: np.ndarray | None = None,
+    threads: int = 0,
 ) -> WrittenShard:
-    """Encrypt a shard from its sections in locked memory and store it durably."""
+    """Encrypt a shard from its sections in locked memory and store it durably.
+
+    With ``vector_source`` (C-contiguous float32 rows), ``vectors`` starts empty and
+    unsealed: each segment is copied in from the source just before it is sealed, and
+    the buffer is sealed read-only once the shard is stored. Segments are sealed on up
+    to ``threads`` threads (default: one per core) a few ahead of the one being
+    written, so encryption overlaps the writes.
+    """
     if vectors.nbytes != 4 * rows * dimension:
         raise ValueError("vectors section does not hold rows x dimension float32")
+    if vector_source is not None and memoryview(vector_source).nbytes != vectors.nbytes:
+        raise ValueError("vector_source does not hold rows x dimension float32")
     writer = SealedWriter(
         kind=KIND_SHARD,
         root_key=data_key.material(),
@@ -147,21 +168,131 @@ def write_shard(
             (SECTION_ATTRIBUTES, attributes.nbytes, segment_size),
         ],
     )
-
-    def chunks() -> Iterator[bytes]:
-        yield writer.header_bytes()
-        for section_id, buffer in (
-            (SECTION_VECTORS, vectors),
-            (SECTION_IDS, ids),
-            (SECTION_PAYLOADS, payloads),
-            (SECTION_ATTRIBUTES, attributes),
-        ):
-            with memoryview(buffer) as view:
-                yield from writer.seal_section(section_id, view)
-
-    storage.put(shard_object_name(shard_id), chunks(), create_only=True)
+    sections = [
+        (SECTION_VECTORS, vectors),
+        (SECTION_IDS, ids),
+        (SECTION_PAYLOADS, payloads),
+        (SECTION_ATTRIBUTES, attributes),
+    ]
+    views = [memoryview(buffer) for _, buffer in sections]
+    source = memoryview(vector_source).cast("B") if vector_source is not None else None
+    segments = _SealedSegments(writer, threads or os.cpu_count() or 1)
+    try:
+        for (section_id, _), view in zip(sections, views):
+            segments.add_section(section_id, view, source if section_id == SECTION_VECTORS else None)
+        storage.put(
+            shard_object_name(shard_id),
+            itertools.chain([writer.header_bytes()], segments),
+            create_only=True,
+        )
+    finally:
+        segments.close()
+        for view in views:
+            view.release()
+        if source is not None:
+            source.release()
+    if vector_source is not None:
+        vectors.seal()
     header_sha256 = hashlib.sha256(writer.header_bytes()).hexdigest()
     return WrittenShard(shard_id, rows, header_sha256, writer.total_size)
+
+
+class _SealedSegments:
+    """Every segment of a sealed object's sections, in order, sealed a few ahead on the
+    shared pool while the consumer writes the earlier ones.
+
+    Iterating yields views into a small ring of buffers: each is valid only until the
+    next one is requested (``Storage.put`` writes or copies a chunk before asking for
+    the next). ``close()`` waits for sealing in progress; call it in all cases.
+    """
+
+    def __init__(self, writer: SealedWriter, threads: int) -> None:
+        self._writer = writer
+        self._depth = threads + 1  # segments sealed or being sealed ahead of the writer
+        self._jobs: list[tuple[int, int, memoryview, memoryview | None]] = []
+        self._pending: collections.deque = collections.deque()
+        self._ring: list[bytearray] = []
+        self._submitted = 0
+
+    def add_section(self, section_id: int, plain: memoryview, source: memoryview | None) -> None:
+        """Queue a section's segments; with ``source``, each segment's plaintext is
+        first copied from it into ``plain`` (at the same offsets)."""
+        entry = self._writer.section_entry(section_id)
+        for index in range(entry.segment_count):
+            self._jobs.append((section_id, index, plain, source))
+
+    def __iter__(self) -> Iterator[memoryview]:
+        largest = max(
+            (self._writer.section_entry(job[0]).segment_size for job in self._jobs), default=0
+        )
+        self._ring = _take_segment_buffers(
+            min(self._depth + 1, len(self._jobs)), largest + TAG_SIZE
+        )
+        while self._submitted < min(self._depth, len(self._jobs)):
+            self._submit()
+        for _ in range(len(self._jobs)):
+            ring_index, future = self._pending.popleft()
+            written = future.result()
+            if self._submitted < len(self._jobs):
+                self._submit()  # reuses the buffer yielded before this one: written out
+            with memoryview(self._ring[ring_index])[:written] as chunk:
+                yield chunk
+
+    def _submit(self) -> None:
+        ring_index = self._submitted % len(self._ring)
+        job = self._jobs[self._submitted]
+        future = _shared_pool().submit(self._seal, job, self._ring[ring_index])
+        self._pending.append((ring_index, future))
+        self._submitted += 1
+
+    def _seal(self, job, out: bytearray) -> int:
+        section_id, index, plain, source = job
+        start, length = self._writer.section_entry(section_id).segment_bounds(index)
+        with plain[start : start + length] as segment:
+            if source is not None:
+                with source[start : start + length] as copied:
+                    _copy_bytes(segment, copied)
+            return self._writer.seal_segment_into(section_id, index, segment, out)
+
+    def close(self) -> None:
+        interrupted = None
+        for _, future in self._pending:
+            while not future.cancel() and not future.done():
+                try:
+                    wait([future])
+                except KeyboardInterrupt as error:  # finish waiting, then raise it
+                    interrupted = error
+        self._pending.clear()
+        self._jobs.clear()
+        _return_segment_buffers(self._ring)
+        self._ring = []
+        if interrupted is not None:
+            raise interrupted
+
+
+# Ciphertext buffers of finished writes, kept for the next (fresh pages cost a fault
+# and zeroing each); at most a few per core.
+_spare_segment_buffers: list[bytearray] = []
+_spare_lock = threading.Lock()
+
+
+def _take_segment_buffers(count: int, size: int) -> list[bytearray]:
+    with _spare_lock:
+        taken = [b for b in _spare_segment_buffers if len(b) >= size][:count]
+        for buffer in taken:
+            _spare_segment_buffers.remove(buffer)
+    return taken + [bytearray(size) for _ in range(count - len(taken))]
+
+
+def _return_segment_buffers(buffers: list[bytearray]) -> None:
+    with _spare_lock:
+        room = 2 * (os.cpu_count() or 1) + 2 - len(_spare_segment_buffers)
+        _spare_segment_buffers.extend(buffers[: max(0, room)])
+
+
+def _copy_bytes(target: memoryview, source: memoryview) -> None:
+    """``target[:] = source``, through numpy, which releases the GIL while it copies."""
+    np.copyto(np.frombuffer(target, dtype=np.uint8), np.frombuffer(source, dtype=np.uint8))
 
 
 def gather_rows(
@@ -337,15 +468,78 @@ def _split_strings(
     return offsets_view, data_view
 
 
-def load_shard(storage: Storage, *, shard_id: bytes, **options) -> LoadedShard:
-    """Authenticate a shard and decrypt it into locked memory (see ``_load_shard``).
+@dataclass(frozen=True)
+class ShardSource:
+    """What a manifest says about one shard, with its data key: enough to load it."""
 
-    Every integrity failure names the shard; a shard the manifest names but storage
-    lacks is an integrity failure too.
+    collection_id: bytes
+    shard_id: bytes
+    dimension: int
+    rows: int
+    header_sha256: str
+    size: int
+    data_key: SecretKey
+
+
+def load_shard(
+    storage: Storage, *, memory_lock: str = "required", threads: int = 0, **source
+) -> LoadedShard:
+    """Authenticate one shard and decrypt it into locked memory (see ``load_shards``);
+    ``source`` holds the fields of a ``ShardSource``."""
+    return load_shards(storage, [ShardSource(**source)], memory_lock=memory_lock, threads=threads)[0]
+
+
+def load_shards(
+    storage: Storage,
+    sources: Sequence[ShardSource],
+    *,
+    memory_lock: str = "required",
+    threads: int = 0,
+) -> list[LoadedShard]:
+    """Authenticate shards and decrypt them into locked memory, all in parallel.
+
+    Every check runs before any plaintext is exposed: object size, header checksum,
+    header digest recorded in the manifest, collection and shard ids, key
+    commitment; then each segment's GCM tag as it is decrypted. Every integrity
+    failure names its shard; a shard that storage lacks is an integrity failure too.
+
+    Up to ``threads`` threads (default: one per core) share the work: this one and
+    those of a pool kept for the process. Segments of local files are read with
+    ``pread`` and decrypted independently, each thread holding one segment of
+    ciphertext at a time; other storage streams each shard in order.
     """
+    threads = threads or os.cpu_count() or 1
+    opened: list[_OpenedShard | None] = [None] * len(sources)
+
+    def open_one(position: int) -> None:
+        with _errors_named(storage, sources[position].shard_id):
+            opened[position] = _OpenedShard.open(storage, sources[position], memory_lock)
+
+    loaded: list[LoadedShard] = []
+    try:
+        # Headers first (a round trip each on network storage), mapping the buffers.
+        _run_in_parallel([partial(open_one, i) for i in range(len(sources))], threads)
+        tasks = [task for shard in opened for task in shard.decrypt_tasks(storage)]
+        _run_in_parallel(tasks, threads)
+        for shard in opened:
+            with _errors_named(storage, shard.source.shard_id):
+                loaded.append(shard.finish())
+        return loaded
+    except BaseException:
+        for shard in loaded:
+            shard.release()
+        for shard in opened[len(loaded) :]:
+            if shard is not None:
+                shard.abandon()
+        raise
+
+
+@contextmanager
+def _errors_named(storage: Storage, shard_id: bytes) -> Iterator[None]:
+    """Name the shard in integrity failures; a missing shard is one too."""
     name = shard_object_name(shard_id)
     try:
-        return _load_shard(storage, shard_id=shard_id, **options)
+        yield
     except IntegrityError as error:
         message = str(error)
         if shard_id.hex() in message:
@@ -359,87 +553,208 @@ def load_shard(storage: Storage, *, shard_id: bytes, **options) -> LoadedShard:
         raise
 
 
-def _load_shard(
-    storage: Storage,
-    *,
-    collection_id: bytes,
-    shard_id: bytes,
-    dimension: int,
-    rows: int,
-    header_sha256: str,
-    size: int,
-    data_key: SecretKey,
-    memory_lock: str = "required",
-) -> LoadedShard:
-    """Authenticate a shard and decrypt it into locked memory.
+# Segments per decryption task of a local file: a few MiB of plaintext, so threads
+# rarely write into (and fault in) the same huge page at once.
+_SEGMENTS_PER_TASK = 4
 
-    Every check runs before any plaintext is exposed: object size, header checksum,
-    header digest recorded in the manifest, collection and shard ids, key
-    commitment; then each segment's GCM tag as it is decrypted.
-    """
-    name = shard_object_name(shard_id)
-    actual_size = storage.size(name)
-    if actual_size != size:
-        raise IntegrityError(f"shard {shard_id.hex()} has {actual_size} bytes, expected {size}")
-    buffers: list[_core.SecureBuffer] = []
-    with storage.open(name) as stream:
-        header = read_header(stream, actual_size)
-        if hashlib.sha256(header.raw).hexdigest() != header_sha256:
-            raise IntegrityError(f"shard {shard_id.hex()} is not the shard the manifest names")
-        if header.collection_id != collection_id or header.object_id != shard_id:
-            raise IntegrityError(f"shard {shard_id.hex()} belongs to another collection or slot")
-        if header.dimension != dimension or header.row_count != rows or header.dtype != DTYPE_FLOAT32:
-            raise IntegrityError(f"shard {shard_id.hex()} header disagrees with the manifest")
-        if header.total_size != actual_size:
-            raise IntegrityError(f"shard {shard_id.hex()} is truncated or has trailing bytes")
-        if [s.section_id for s in header.sections] != [
-            SECTION_VECTORS,
-            SECTION_IDS,
-            SECTION_PAYLOADS,
-            SECTION_ATTRIBUTES,
-        ] or header.section(SECTION_VECTORS).plain_len != 4 * rows * dimension:
-            raise IntegrityError(f"shard {shard_id.hex()} has an unexpected section table")
-        segment_key = verify_commitment(header, data_key.material())
 
-        # Decrypt each section straight into its own locked buffer: segments in
-        # parallel when the object is a local file, else one after another.
+class _OpenedShard:
+    """A shard whose header is authenticated and whose locked buffers are mapped
+    (pages are locked as decryption first writes them), ready to decrypt."""
+
+    def __init__(self, source, stream, header, segment_key, buffers) -> None:
+        self.source = source
+        self.stream = stream
+        self.header = header
+        self.segment_key = segment_key
+        self.buffers = buffers
+        self.views = [memoryview(buffer) for buffer in buffers]
+
+    @classmethod
+    def open(cls, storage: Storage, source: ShardSource, memory_lock: str) -> _OpenedShard:
+        shard_id, rows, dimension = source.shard_id, source.rows, source.dimension
+        name = shard_object_name(shard_id)
+        actual_size = storage.size(name)
+        if actual_size != source.size:
+            raise IntegrityError(
+                f"shard {shard_id.hex()} has {actual_size} bytes, expected {source.size}"
+            )
+        stream = storage.open(name)
+        buffers: list[_core.SecureBuffer] = []
         try:
+            header = read_header(stream, actual_size)
+            if hashlib.sha256(header.raw).hexdigest() != source.header_sha256:
+                raise IntegrityError(f"shard {shard_id.hex()} is not the shard the manifest names")
+            if header.collection_id != source.collection_id or header.object_id != shard_id:
+                raise IntegrityError(
+                    f"shard {shard_id.hex()} belongs to another collection or slot"
+                )
+            if (
+                header.dimension != dimension
+                or header.row_count != rows
+                or header.dtype != DTYPE_FLOAT32
+            ):
+                raise IntegrityError(f"shard {shard_id.hex()} header disagrees with the manifest")
+            if header.total_size != actual_size:
+                raise IntegrityError(f"shard {shard_id.hex()} is truncated or has trailing bytes")
+            if [s.section_id for s in header.sections] != [
+                SECTION_VECTORS,
+                SECTION_IDS,
+                SECTION_PAYLOADS,
+                SECTION_ATTRIBUTES,
+            ] or header.section(SECTION_VECTORS).plain_len != 4 * rows * dimension:
+                raise IntegrityError(f"shard {shard_id.hex()} has an unexpected section table")
+            segment_key = verify_commitment(header, source.data_key.material())
             for entry in header.sections:
                 buffers.append(_core.SecureBuffer(entry.plain_len, memory_lock))
-            file_descriptor = _file_descriptor(stream)
-            if file_descriptor is not None and header.total_size >= _PARALLEL_MIN_BYTES:
-                _decrypt_segments_in_parallel(file_descriptor, header, segment_key, buffers)
-            else:
-                scratch = bytearray()
-                for entry, buffer in zip(header.sections, buffers):
-                    with memoryview(buffer) as out:
-                        decrypt_section_into(
-                            stream, header, segment_key, entry.section_id, out, scratch
-                        )
-            for buffer in buffers:
-                buffer.seal()
-            return LoadedShard(shard_id, rows, dimension, *buffers)
+            return cls(source, stream, header, segment_key, buffers)
         except BaseException:
             for buffer in buffers:
                 buffer.release()
+            stream.close()
             raise
 
+    def decrypt_tasks(self, storage: Storage) -> list[Callable[[], None]]:
+        """Callables that together decrypt every section into its buffer."""
+        shard_id = self.source.shard_id
+        file_descriptor = _file_descriptor(self.stream)
+        if file_descriptor is None:
+            return [partial(self._decrypt_streaming, storage)]
+        tasks = []
+        for entry, out in zip(self.header.sections, self.views):
+            decryptor = SectionDecryptor(self.header, self.segment_key, entry.section_id)
+            for first in range(0, entry.segment_count, _SEGMENTS_PER_TASK):
+                last = min(first + _SEGMENTS_PER_TASK, entry.segment_count)
+                tasks.append(
+                    partial(
+                        _decrypt_segments, storage, shard_id, file_descriptor, decryptor,
+                        range(first, last), out,
+                    )
+                )
+        return tasks
 
-_PARALLEL_MIN_BYTES = 4 << 20
-_segment_pool: ThreadPoolExecutor | None = None
-_segment_pool_lock = threading.Lock()
+    def _decrypt_streaming(self, storage: Storage) -> None:
+        with _errors_named(storage, self.source.shard_id):
+            scratch = _thread_scratch(0)
+            for entry, out in zip(self.header.sections, self.views):
+                decrypt_section_into(
+                    self.stream, self.header, self.segment_key, entry.section_id, out, scratch
+                )
+
+    def finish(self) -> LoadedShard:
+        """Seal the buffers read-only and hand them to a LoadedShard."""
+        self._drop_views()
+        source = self.source
+        for buffer in self.buffers:
+            buffer.seal()
+        return LoadedShard(source.shard_id, source.rows, source.dimension, *self.buffers)
+
+    def abandon(self) -> None:
+        """Zero and unmap whatever was decrypted (after every task has stopped)."""
+        self._drop_views()
+        for buffer in self.buffers:
+            buffer.release()
+
+    def _drop_views(self) -> None:
+        for view in self.views:
+            view.release()
+        self.views = []
+        self.stream.close()
 
 
-def _shared_segment_pool() -> ThreadPoolExecutor:
-    """One pool for segment decryption, shared by every shard being loaded
-    (``cryptography`` releases the GIL while it decrypts)."""
-    global _segment_pool
-    with _segment_pool_lock:
-        if _segment_pool is None:
-            _segment_pool = ThreadPoolExecutor(
-                max_workers=os.cpu_count() or 1, thread_name_prefix="sealvec-decrypt"
+def _decrypt_segments(
+    storage: Storage,
+    shard_id: bytes,
+    file_descriptor: int,
+    decryptor: SectionDecryptor,
+    indices: range,
+    out: memoryview,
+) -> None:
+    """Read (pread) and decrypt some consecutive segments of one section into ``out``,
+    one segment of ciphertext at a time in this thread's scratch buffer."""
+    entry = decryptor.entry
+    with _errors_named(storage, shard_id):
+        position = entry.offset + indices.start * (entry.segment_size + TAG_SIZE)
+        for index in indices:
+            start, length = entry.segment_bounds(index)
+            scratch = _thread_scratch(length + TAG_SIZE)
+            with memoryview(scratch)[: length + TAG_SIZE] as sealed, out[
+                start : start + length
+            ] as plain:
+                if os.preadv(file_descriptor, [sealed], position) != length + TAG_SIZE:
+                    raise IntegrityError("sealed object is truncated")
+                decryptor.decrypt_segment_into(index, sealed, plain)
+            position += length + TAG_SIZE
+
+
+_thread_local = threading.local()
+
+
+def _thread_scratch(size: int) -> bytearray:
+    """This thread's ciphertext scratch, at least ``size`` bytes (kept for reuse)."""
+    scratch = getattr(_thread_local, "scratch", None)
+    if scratch is None or len(scratch) < size:
+        scratch = bytearray(max(size, DEFAULT_SEGMENT_SIZE + TAG_SIZE))
+        _thread_local.scratch = scratch
+    return scratch
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _shared_pool() -> ThreadPoolExecutor:
+    """Threads kept for the process, shared by every shard being loaded or sealed
+    (``cryptography`` releases the GIL while it encrypts or decrypts)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=os.cpu_count() or 1, thread_name_prefix="sealvec-crypt"
             )
-        return _segment_pool
+        return _pool
+
+
+def _run_in_parallel(tasks: Sequence[Callable[[], None]], threads: int) -> None:
+    """Run ``tasks`` on up to ``threads`` threads: this one and the shared pool's.
+
+    Returns only when no task is running any more. After a failure, tasks not yet
+    started are skipped, and the failure of the first failed task (in list order) is
+    raised. This thread works through the list itself, so a busy pool only slows it.
+    """
+    if not tasks:
+        return
+    next_task = itertools.count()
+    failures: dict[int, BaseException] = {}
+    stop = False
+
+    def work() -> None:
+        while not stop and not failures:
+            index = next(next_task)
+            if index >= len(tasks):
+                return
+            try:
+                tasks[index]()
+            except BaseException as error:  # noqa: BLE001 - raised once below
+                failures[index] = error
+
+    pool = _shared_pool()
+    helpers = [pool.submit(work) for _ in range(min(threads, len(tasks)) - 1)]
+    try:
+        work()
+    finally:
+        stop = True
+        interrupted = None
+        for helper in helpers:
+            while not helper.cancel() and not helper.done():
+                try:
+                    wait([helper])
+                except KeyboardInterrupt as error:  # finish waiting, then raise it
+                    interrupted = error
+        if interrupted is not None:
+            raise interrupted
+    if failures:
+        raise failures[min(failures)]
 
 
 def _file_descriptor(stream) -> int | None:
@@ -447,52 +762,3 @@ def _file_descriptor(stream) -> int | None:
         return stream.fileno()
     except (AttributeError, OSError, ValueError):
         return None
-
-
-def _decrypt_segments_in_parallel(
-    file_descriptor: int, header: Header, segment_key: bytes, buffers: list
-) -> None:
-    """Read (pread) and decrypt every segment of every section on the shared pool.
-
-    Each task holds one segment of ciphertext; on any failure every section's
-    plaintext is zeroed before the error is raised.
-    """
-    local = threading.local()
-    views = [memoryview(buffer) for buffer in buffers]
-    try:
-        tasks = []
-        for entry, out in zip(header.sections, views):
-            decryptor = SectionDecryptor(header, segment_key, entry.section_id)
-            position = entry.offset
-            for index in range(entry.segment_count):
-                start, length = entry.segment_bounds(index)
-                tasks.append((decryptor, index, position, length, out[start : start + length]))
-                position += length + TAG_SIZE
-
-        def run(task) -> None:
-            decryptor, index, position, length, out = task
-            scratch = getattr(local, "scratch", None)
-            if scratch is None or len(scratch) < length + TAG_SIZE:
-                scratch = local.scratch = bytearray(max(length + TAG_SIZE, DEFAULT_SEGMENT_SIZE + TAG_SIZE))
-            with memoryview(scratch)[: length + TAG_SIZE] as sealed:
-                got = os.preadv(file_descriptor, [sealed], position)
-                if got != length + TAG_SIZE:
-                    raise IntegrityError("sealed object is truncated")
-                decryptor.decrypt_segment_into(index, sealed, out)
-
-        futures = [_shared_segment_pool().submit(run, task) for task in tasks]
-        errors = []
-        for future in futures:
-            try:
-                future.result()
-            except BaseException as error:  # noqa: BLE001 - raised once below
-                errors.append(error)
-        if errors:
-            for view in views:
-                zero_fill(view)
-            raise errors[0]
-    finally:
-        for task in locals().get("tasks", []):
-            task[4].release()
-        for view in views:
-            view.release()

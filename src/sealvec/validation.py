@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from sealvec import _core
 from sealvec.errors import ValidationError
 
 MAX_ID_BYTES = 1024
@@ -49,17 +50,14 @@ def check_vectors(
         raise ValidationError(f"{name} must have shape {expected}, got {vectors.shape}")
     if not vectors.flags.c_contiguous or not vectors.dtype.isnative:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        row = int(np.argmin(finite))
-        raise ValidationError(f"{name} row {row} contains NaN or infinity")
-    if metric == "cosine" and len(vectors):
-        zero = ~vectors.any(axis=1)
-        if zero.any():
-            row = int(np.argmax(zero))
-            raise ValidationError(
-                f"{name} row {row} is all zeros, which has no direction under cosine"
-            )
+    # One native pass over the rows, without temporaries the size of the batch.
+    nonfinite_row, zero_row = _core.scan_rows(vectors)
+    if nonfinite_row >= 0:
+        raise ValidationError(f"{name} row {nonfinite_row} contains NaN or infinity")
+    if metric == "cosine" and zero_row >= 0:
+        raise ValidationError(
+            f"{name} row {zero_row} is all zeros, which has no direction under cosine"
+        )
     return vectors
 
 
@@ -67,13 +65,17 @@ def check_ids(ids: Any, *, name: str = "ids") -> list[str]:
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
         raise ValidationError(f"{name} must be a list of str")
     checked = list(ids)
-    # Fast path for the common case; the slow loop below names the first bad id.
-    if all(type(value) is str for value in checked):
+    # Fast paths for the common case, in C-level passes where the ids are ASCII (their
+    # characters are their UTF-8 bytes); the slow loop below names the first bad id.
+    if checked and set(map(type, checked)) == {str}:
         try:
-            lengths = [len(value.encode("utf-8")) for value in checked]
+            if "".join(checked).isascii():
+                lengths = list(map(len, checked))
+            else:
+                lengths = [len(value.encode("utf-8")) for value in checked]
         except UnicodeEncodeError:
             lengths = None
-        if lengths is not None and all(0 < length <= MAX_ID_BYTES for length in lengths):
+        if lengths is not None and 0 < min(lengths) and max(lengths) <= MAX_ID_BYTES:
             return checked
     for position, value in enumerate(checked):
         if not isinstance(value, str):
@@ -135,8 +137,10 @@ def _is_unicode(text: str) -> bool:
 
 
 def check_metadata(metadata: Any, count: int) -> list[dict[str, Any]]:
+    """Validated copies of the caller's dicts, read-only from here on (without
+    metadata, every row shares one empty dict)."""
     if metadata is None:
-        return [{} for _ in range(count)]
+        return [{}] * count
     if isinstance(metadata, (str, bytes, dict)) or not isinstance(metadata, Sequence):
         raise ValidationError("metadata must be a list of dicts (or None)")
     metadata = list(metadata)
