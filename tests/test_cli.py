@@ -302,6 +302,13 @@ def test_index_build_and_approximate_query(ingested, tmp_path):
             ).stdout
         )[0]
         assert [h["id"] for h in hits] == [h["id"] for h in exact]
+    hits = json.loads(
+        sealvec(
+            "query", str(store), "--vector", str(tmp_path / "q.npy"), "-k", "5",
+            "--backend", "bf16", "--candidates", "50", "--json",
+        ).stdout
+    )[0]
+    assert hits == exact
     stats = json.loads(sealvec("stats", str(store), "--json").stdout)
     assert sorted(i["kind"] for i in stats["indexes"]) == ["hnsw", "ivf"]
     verified = json.loads(sealvec("verify", str(store), "--json").stdout)

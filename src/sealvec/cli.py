@@ -414,14 +414,17 @@ def _query_vector(
 )
 @click.option(
     "--backend",
-    type=click.Choice(["native", "faiss", "hnsw", "ivf"]),
+    type=click.Choice(["native", "faiss", "hnsw", "ivf", "bf16"]),
     default="native",
     show_default=True,
-    help="Exact (native kernel or faiss.knn) or approximate from the store's hnsw/ivf "
-    "index (see `sealvec index`).",
+    help="Exact (native kernel or faiss.knn), approximate from the store's hnsw/ivf index "
+    "(see `sealvec index`), or a bfloat16 scan re-scored exactly (bf16).",
 )
 @click.option("--ef-search", type=click.IntRange(min=1), help="hnsw: candidates kept per query.")
 @click.option("--nprobe", type=click.IntRange(min=1), help="ivf: lists scanned per query.")
+@click.option(
+    "--candidates", type=click.IntRange(min=1), help="bf16: rows per query scored exactly."
+)
 @json_option
 @click.pass_obj
 def query(
@@ -436,6 +439,7 @@ def query(
     backend,
     ef_search,
     nprobe,
+    candidates,
     as_json,
 ) -> None:
     """Top-k records of STORE for a query TEXT (local embedder) or a .npy vector."""
@@ -446,7 +450,13 @@ def query(
         shown = None
         while True:
             results = collection.search(
-                vector, k=k, include=include, where=where, ef_search=ef_search, nprobe=nprobe
+                vector,
+                k=k,
+                include=include,
+                where=where,
+                ef_search=ef_search,
+                nprobe=nprobe,
+                candidates=candidates,
             )
             if watch is None:
                 _show_results(results, documents, as_json)
