@@ -1,26 +1,33 @@
 #!/usr/bin/env python3
-"""sealvec benchmark suite: machine limits, exact search, cold open, ingest, BLAS setup.
+"""sealvec benchmark suite: machine limits, exact search, thread scaling, bfloat16
+scan, cold open, ingest, approximate search, BLAS setup.
 
 One command, one process (plus a few child processes where a fresh process is the
 measurement: peak RSS of an open, and the exact-search re-run under another BLAS
 environment):
 
-    python benchmarks/suite.py [--quick] [--out DIR] [--parts limits,exact,open,ingest,blas]
+    python benchmarks/suite.py [--quick] [--out DIR] [--parts limits,exact,...]
 
 Parts (see benchmarks/README.md for what each measures and how):
 
-1. limits  memory read bandwidth (numpy reductions over a 1-2 GiB float32 array, one
-           and two threads) and AES-256-GCM throughput of ``cryptography`` (1 and
-           4 MiB messages, one and two threads; decrypt into preallocated buffers,
-           into fresh SecureBuffers, and encrypt).
-2. exact   sealvec's kernel vs faiss.knn, faiss IndexFlatIP/L2, numpy and usearch
-           exact search on the same data; QPS, GB/s, GFLOP/s, ratios; every case
-           checks once that all contenders return the exact top-k (ties allowed).
-3. open    Collection.open of a sealed collection vs raw AES-GCM decrypt of the
-           same bytes on the same cores; peak RSS of the open vs plaintext size.
-4. ingest  Collection.add (encrypt + durable commit) vs raw AES-GCM encrypt.
-5. blas    part 2 again in a child process with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
-           removed (or, where unset, set to --blas-coretype), kernels recorded.
+limits   memory read bandwidth (numpy reductions over a 1-2 GiB float32 array, one
+         and two threads), AES-256-GCM throughput of ``cryptography`` (1 and 4 MiB
+         messages, one and two threads; decrypt into preallocated buffers, into
+         fresh SecureBuffers, and encrypt), durable writes and page-cache reads.
+exact    sealvec's kernel vs faiss.knn, faiss IndexFlatIP/L2, numpy and usearch
+         exact search on the same data; QPS, GB/s, GFLOP/s, ratios; every case
+         checks once that all contenders return the exact top-k (ties allowed).
+threads  the kernel on 1, 2, 4, ... threads beside faiss.knn (benchmarks/scaling.py).
+bf16     the bfloat16 scan with exact float32 re-scoring: recall@10 and speed vs
+         exact sealvec and faiss.knn (benchmarks/reduced.py).
+open     Collection.open of a sealed collection vs raw AES-GCM decrypt of the
+         same bytes on the same cores; peak RSS of the open vs plaintext size.
+ingest   Collection.add (encrypt + durable commit) vs raw AES-GCM encrypt and a
+         durable write of the same bytes.
+ann      sealed FAISS HNSW and IVF-Flat indexes: recall@10 and speed-up over exact
+         search through Collection.search (benchmarks/ann.py).
+blas     part exact again in a child process with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
+         removed (or, where unset, set to --blas-coretype), kernels recorded.
 
 Contenders alternate within each repetition (rotating order, a short settle pause
 before each timed call); results are medians with min-max. Writes results.json and
@@ -68,7 +75,18 @@ MiB = 1 << 20
 GiB = 1 << 30
 F32 = 4
 SEED = 20240601
-PARTS = ("limits", "exact", "open", "ingest", "blas")
+PARTS = ("limits", "exact", "threads", "bf16", "open", "ingest", "ann", "blas")
+# Parts whose code lives in a sibling module: part name -> module in benchmarks/.
+PART_MODULES = {"threads": "scaling", "bf16": "reduced", "ann": "ann"}
+
+
+def part_module(part: str) -> Any:
+    """benchmarks/<module>.py of a part, imported as benchmarks.<module>."""
+    import importlib
+
+    if str(HERE.parent) not in sys.path:
+        sys.path.insert(0, str(HERE.parent))
+    return importlib.import_module(f"benchmarks.{PART_MODULES[part]}")
 EXACT_NAMES = ("sealvec", "faiss.knn", "faiss.IndexFlat", "numpy", "usearch")
 BLAS_PEERS = ("faiss.knn", "faiss.IndexFlat", "numpy")
 
@@ -331,6 +349,109 @@ def measure_aes(args: argparse.Namespace, core: Any) -> dict[str, Any]:
         del messages, plains, outs
         gc.collect()
     pool.shutdown()
+    return results
+
+
+WRITEBACK_BYTES = 8 * MiB  # as sealvec's LocalDirectory asks for writeback
+
+
+def write_files(directory: Path, sizes: Sequence[int], block: bytes, core: Any | None) -> list[Path]:
+    """Write one new file per size in `directory` from 1 MiB blocks, fsync each, then
+    fsync the directory: what a durable put costs. With `core`, ask for writeback
+    every 8 MiB while writing (core.start_writeback), as sealvec does."""
+    start_writeback = getattr(core, "start_writeback", None)
+    paths = []
+    for size in sizes:
+        path = directory / f".bench-{os.urandom(8).hex()}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            written = started = 0
+            while written < size:
+                written += os.write(fd, memoryview(block)[: min(len(block), size - written)])
+                if start_writeback is not None and written - started >= WRITEBACK_BYTES:
+                    start_writeback(fd, started, written - started)
+                    started = written
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        paths.append(path)
+    directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)
+    return paths
+
+
+def read_files(files: Sequence[tuple[Path, int]], threads: int, scratch: list[bytearray]) -> None:
+    """pread every file in 1 MiB pieces into per-thread scratch, `threads` threads each
+    taking a contiguous run of pieces: what reading sealed shards from the page cache
+    costs before any decryption."""
+    pieces = []
+    for path, size in files:
+        fd = os.open(path, os.O_RDONLY)
+        pieces += [(fd, offset, min(MiB, size - offset)) for offset in range(0, size, MiB)]
+    fds = {fd for fd, _, _ in pieces}
+
+    def work(worker: int) -> None:
+        view = memoryview(scratch[worker])
+        for fd, offset, length in pieces[len(pieces) * worker // threads:
+                                         len(pieces) * (worker + 1) // threads]:
+            os.preadv(fd, [view[:length]], offset)
+
+    try:
+        if threads == 1:
+            work(0)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(work, range(threads)))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def measure_storage(args: argparse.Namespace, core: Any) -> dict[str, Any]:
+    """Durable writes and page-cache reads in a directory under --tmp (where the open
+    and ingest stores live): write + fsync file + fsync directory of --storage-mib in
+    1 MiB writes, with and without early writeback; pread of that file back from the
+    page cache on one and two threads. The faster write is the limit."""
+    directory = Path(tempfile.mkdtemp(prefix="sealvec-storage-", dir=args.tmp))
+    nbytes = args.storage_mib * MiB
+    block = os.urandom(MiB)
+    scratch = [bytearray(MiB) for _ in range(2)]
+    written: list[Path] = []
+    kept: list[Path] = write_files(directory, [nbytes], block, None)  # read back below
+    contenders = {
+        "write+fsync": lambda: written.extend(write_files(directory, [nbytes], block, None)),
+        "write+fsync, early writeback": lambda: written.extend(
+            write_files(directory, [nbytes], block, core)),
+        "pread page cache 1T": lambda: read_files([(kept[0], nbytes)], 1, scratch),
+        "pread page cache 2T": lambda: read_files([(kept[0], nbytes)], 2, scratch),
+    }
+    if not hasattr(core, "start_writeback"):  # an older sealvec: no writeback helper
+        del contenders["write+fsync, early writeback"]
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    try:
+        for repetition in range(args.limit_repeats):
+            shift = repetition % len(names)
+            for name in names[shift:] + names[:shift]:
+                time.sleep(args.settle_ms / 1000)
+                seconds[name].append(_timed(contenders[name]))
+                for path in written:  # outside the timed region
+                    path.unlink()
+                written.clear()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    results: dict[str, Any] = {"bytes": nbytes, "directory_parent": str(args.tmp), "method": {}}
+    for name, times in seconds.items():
+        entry = stats(times)
+        entry["GB_per_s"] = nbytes / entry["median_s"] / 1e9
+        results["method"][name] = entry
+    writes = [k for k in results["method"] if k.startswith("write")]
+    best = max(writes, key=lambda k: results["method"][k]["GB_per_s"])
+    results["write_limit_GB_per_s"] = results["method"][best]["GB_per_s"]
+    results["write_limit_method"] = best
     return results
 
 
@@ -619,6 +740,43 @@ def raw_aes(key: bytes, messages: list, outs: list, nbytes: int, threads: int, d
             list(pool.map(work, range(threads)))
 
 
+def raw_aes_fresh(core: Any, key: bytes, messages: list, nbytes: int, threads: int,
+                  buffer_bytes: int, lock: str, keep: list) -> None:
+    """Decrypt nbytes (the 1 MiB messages, cycled) into fresh SecureBuffers of about
+    buffer_bytes each (as a shard's vectors section), `threads` threads each taking a
+    contiguous run of segments. Mapping and locking the buffers is timed, as the kernel
+    zeroing their pages on first write is; `keep` gets the buffers, for the caller to
+    release outside the timed region."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    segment = len(messages[0][1])
+    count = -(-nbytes // segment)
+    per_buffer = max(1, buffer_bytes // segment)
+    sizes = [segment * min(per_buffer, count - first) for first in range(0, count, per_buffer)]
+    buffers = [core.SecureBuffer(size, lock) for size in sizes]
+    keep.extend(buffers)
+    views = [memoryview(buffer) for buffer in buffers]
+
+    def work(worker: int) -> None:
+        for j in range(count * worker // threads, count * (worker + 1) // threads):
+            nonce, ct, tag = messages[j % len(messages)]
+            offset = (j % per_buffer) * segment
+            with views[j // per_buffer][offset:offset + segment] as out:
+                c = Cipher(algorithms.AES(key), modes.GCM(nonce, tag)).decryptor()
+                c.update_into(ct, out)
+                c.finalize()
+
+    try:
+        if threads == 1:
+            work(0)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(work, range(threads)))
+    finally:
+        for view in views:
+            view.release()
+
+
 def proc_status_bytes(field: str) -> int:
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
@@ -692,7 +850,12 @@ def run_open_ingest(args: argparse.Namespace, parts: set[str], core: Any) -> dic
             plain_vec = vectors.nbytes
             lock = lock_mode(core, int(plain_vec * 1.2) + 4 * MiB)
             key, messages, outs = raw_aes_pool(plain_vec)
-            ingest_s, enc1_s, enc2_s = [], [], []
+            names = ["ingest", "encrypt 1T", f"encrypt {threads}T", "write+fsync"]
+            if hasattr(core, "start_writeback"):  # absent in older sealvec builds
+                names.append("write+fsync, early writeback")
+            seconds: dict[str, list[float]] = {name: [] for name in names}
+            block = os.urandom(MiB)
+            stored_sizes: list[int] = []  # every object of the last store: shards, manifests
             store = None
             ingest_reps = 1 if "ingest" not in parts else max(1, args.ingest_repeats)
             for rep in range(ingest_reps):
@@ -707,28 +870,72 @@ def run_open_ingest(args: argparse.Namespace, parts: set[str], core: Any) -> dic
                             col.add(ids[start:start + args.shard_rows],
                                     vectors[start:start + args.shard_rows])
 
-                contenders = {"ingest": ingest,
-                              "encrypt 1T": lambda: raw_aes(key, messages, outs, plain_vec, 1, False),
-                              "encrypt 2T": lambda: raw_aes(key, messages, outs, plain_vec, 2, False)}
-                seconds = alternate(contenders, 1, settle) if "ingest" in parts else \
-                    {"ingest": [_timed(ingest)], "encrypt 1T": [], "encrypt 2T": []}
-                ingest_s += seconds["ingest"]
-                enc1_s += seconds["encrypt 1T"]
-                enc2_s += seconds["encrypt 2T"]
+                written: list[Path] = []
+
+                def write_same(early_writeback: bool) -> None:
+                    directory = store / "shards"
+                    directory.mkdir(parents=True, exist_ok=True)
+                    written.extend(write_files(directory, stored_sizes, block,
+                                               core if early_writeback else None))
+
+                contenders = {
+                    "ingest": ingest,
+                    "encrypt 1T": lambda: raw_aes(key, messages, outs, plain_vec, 1, False),
+                    f"encrypt {threads}T": lambda: raw_aes(key, messages, outs, plain_vec,
+                                                           threads, False),
+                    "write+fsync": lambda: write_same(False),
+                    "write+fsync, early writeback": lambda: write_same(True),
+                }
+                # The first repetition ingests first (the writes copy its objects' sizes);
+                # later ones rotate the order, reversed every other time.
+                order = names[rep % len(names):] + names[:rep % len(names)]
+                if rep % 2:
+                    order.reverse()
+                for name in order if "ingest" in parts else ["ingest"]:
+                    time.sleep(settle)
+                    seconds[name].append(_timed(contenders[name]))
+                    for path in written:  # outside the timed region
+                        path.unlink()
+                    written.clear()
+                    if name == "ingest":
+                        stored_sizes = [path.stat().st_size for path in sorted(store.rglob("*"))
+                                        if path.is_file() and not path.name.startswith(".")]
             if "ingest" in parts:
-                t, e1, e2 = (statistics.median(x) for x in (ingest_s, enc1_s, enc2_s))
+                t = statistics.median(seconds["ingest"])
+                e1 = statistics.median(seconds["encrypt 1T"])
+                e2 = statistics.median(seconds[f"encrypt {threads}T"])
+                writes = {k: statistics.median(seconds[k]) for k in names if k.startswith("write")}
+                w_method = min(writes, key=writes.get)
+                w = writes[w_method]
                 entry = {"rows": n, "dim": dim, "vector_bytes": plain_vec, "memory_lock": lock,
-                         "add": stats(ingest_s), "encrypt_1T": stats(enc1_s), "encrypt_2T": stats(enc2_s),
+                         "threads": threads, "stored_bytes": sum(stored_sizes),
+                         "stored_objects": len(stored_sizes),
+                         "add": stats(seconds["ingest"]), "encrypt_1T": stats(seconds["encrypt 1T"]),
+                         f"encrypt_{threads}T": stats(seconds[f"encrypt {threads}T"]),
+                         "storage_write": {k: stats(seconds[k]) for k in writes},
+                         "storage_write_limit_method": w_method,
                          "add_GB_per_s": plain_vec / t / 1e9,
-                         "ratio_add_vs_encrypt_1T": t / e1, "ratio_add_vs_encrypt_2T": t / e2}
+                         "storage_write_limit_GB_per_s": sum(stored_sizes) / w / 1e9,
+                         # time ratios (above 1: add is slower)
+                         "ratio_add_vs_encrypt_1T": t / e1, f"ratio_add_vs_encrypt_{threads}T": t / e2,
+                         "ratio_add_vs_storage_write": t / w,
+                         # throughput as a fraction of each limit (1: at the limit)
+                         "throughput_vs_raw_encrypt_1T": e1 / t,
+                         f"throughput_vs_raw_encrypt_{threads}T": e2 / t,
+                         "throughput_vs_storage_write": w / t,
+                         "goal": {"throughput_vs_raw_encrypt (same cores) >= 0.5": e2 / t >= 0.5}}
                 out["ingest"].append(entry)
                 print(f"  ingest rows={n} dim={dim}: add {t:.3f} s ({entry['add_GB_per_s']:.2f} GB/s)"
-                      f" [{min(ingest_s):.3f}..{max(ingest_s):.3f}]; raw encrypt 1T {e1:.3f} s, 2T "
-                      f"{e2:.3f} s; ratio add/encrypt1T {t / e1:.2f}, /2T {t / e2:.2f} (lock={lock})")
+                      f" [{min(seconds['ingest']):.3f}..{max(seconds['ingest']):.3f}]; raw encrypt "
+                      f"1T {e1:.3f} s, {threads}T {e2:.3f} s; durable write of the same "
+                      f"{sum(stored_sizes) / MiB:.0f} MiB {w:.3f} s ({w_method}); throughput "
+                      f"x{e1 / t:.2f} of encrypt 1T, x{e2 / t:.2f} of {threads}T, x{w / t:.2f} of "
+                      f"the write (lock={lock})")
             del vectors, ids
             gc.collect()
             if "open" in parts:
-                out["open"].append(measure_open(args, store, lock, threads, key, messages, outs, n, dim))
+                out["open"].append(measure_open(args, core, store, lock, threads, key, messages,
+                                                outs, n, dim))
             shutil.rmtree(store, ignore_errors=True)
             del messages, outs
             gc.collect()
@@ -748,54 +955,92 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def measure_open(args: argparse.Namespace, store: Path, lock: str, threads: int, key: bytes,
-                 messages: list, outs: list, n: int, dim: int) -> dict[str, Any]:
-    """Alternate: a fresh child process opens the store / this process decrypts the same
-    number of bytes with raw AES-GCM on `threads` threads."""
+def measure_open(args: argparse.Namespace, core: Any, store: Path, lock: str, threads: int,
+                 key: bytes, messages: list, outs: list, n: int, dim: int) -> dict[str, Any]:
+    """Alternate: a fresh child process opens the store / this process, on `threads`
+    threads, decrypts the same number of bytes with raw AES-GCM into preallocated buffers
+    and into fresh SecureBuffers (shard-sized), and preads the store's files from the
+    page cache."""
+    import sealvec
+
+    # The child imports the same sealvec as this process (installed, or src/ with a
+    # built _core), not whatever src/ holds.
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent / "src"), env.get("PYTHONPATH")]))
+    package_root = str(Path(sealvec.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    files = [(path, path.stat().st_size) for path in sorted(store.rglob("*"))
+             if path.is_file() and not path.name.startswith(".")]
+    scratch = [bytearray(MiB) for _ in range(threads)]
     children: list[dict[str, Any]] = []
-    raw_s: list[float] = []
+    seconds: dict[str, list[float]] = {"raw": [], "fresh": [], "read": []}
     plaintext = None
+    fresh: list[Any] = []
     command = [sys.executable, str(Path(__file__).resolve()), "--_child-open", str(store),
                "--_child-lock", lock, "--threads", str(threads)]
+    names = ["child", "raw", "fresh", "read"]
     for rep in range(args.open_repeats):
-        steps = ["child", "raw"] if rep % 2 == 0 else ["raw", "child"]
+        steps = names[rep % len(names):] + names[:rep % len(names)]
+        if rep % 2:
+            steps.reverse()
         for step in steps:
             time.sleep(args.settle_ms / 1000)
+            nbytes = plaintext or n * dim * F32
             if step == "child":
                 done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
                 if done.returncode != 0:
                     raise RuntimeError(f"open child failed: {done.stderr[-2000:]}")
                 children.append(json.loads(done.stdout.strip().splitlines()[-1]))
                 plaintext = children[-1]["plaintext_bytes"]
+            elif step == "raw":
+                seconds["raw"].append(_timed(lambda: raw_aes(key, messages, outs, nbytes,
+                                                             threads, True)))
+            elif step == "fresh":
+                seconds["fresh"].append(_timed(lambda: raw_aes_fresh(
+                    core, key, messages, nbytes, threads, args.shard_rows * dim * F32, lock, fresh)))
+                for buffer in fresh:  # outside the timed region
+                    buffer.release()
+                fresh.clear()
             else:
-                raw_s.append(_timed(lambda: raw_aes(key, messages, outs, plaintext or n * dim * F32,
-                                                    threads, True)))
+                seconds["read"].append(_timed(lambda: read_files(files, threads, scratch)))
     open_s = [c["open_s"] for c in children]
     peak = statistics.median(c["hwm_peak"] for c in children)
     before = statistics.median(c["hwm_before"] for c in children)
-    t, r = statistics.median(open_s), statistics.median(raw_s)
+    t = statistics.median(open_s)
+    r, f, rd = (statistics.median(seconds[k]) for k in ("raw", "fresh", "read"))
+    growth = (peak - before) / plaintext
     entry = {
         "rows": n, "dim": dim, "plaintext_bytes": plaintext, "stored_bytes": children[0]["stored_bytes"],
         "shards": children[0]["shards"], "memory_lock": lock,
         "mlocked_bytes_after_open": children[0]["mlocked_bytes"], "threads": threads,
-        "open": stats(open_s), "raw_decrypt": stats(raw_s),
+        "open": stats(open_s), "raw_decrypt": stats(seconds["raw"]),
+        "raw_decrypt_fresh_securebuffer": stats(seconds["fresh"]),
+        "read_page_cache": stats(seconds["read"]),
         "open_GB_per_s": plaintext / t / 1e9, "raw_decrypt_GB_per_s": plaintext / r / 1e9,
+        "raw_decrypt_fresh_GB_per_s": plaintext / f / 1e9,
+        "read_page_cache_GB_per_s": children[0]["stored_bytes"] / rd / 1e9,
+        # time ratio (above 1: the open is slower)
         "ratio_open_vs_raw_decrypt": t / r,
+        # throughput as a fraction of each limit (1: at the limit)
+        "throughput_vs_raw_decrypt_prealloc": r / t,
+        "throughput_vs_raw_decrypt_fresh": f / t,
+        "throughput_vs_read_then_decrypt_fresh": (rd + f) / t,
         "peak_rss_bytes": peak, "rss_before_open_bytes": before, "rss_method":
             "VmHWM in a fresh child (ru_maxrss also in 'children', inherited across exec)",
         "children": children,
         "ratio_peak_rss_vs_plaintext": peak / plaintext,
-        "ratio_rss_growth_vs_plaintext": (peak - before) / plaintext,
+        "ratio_rss_growth_vs_plaintext": growth,
+        "goal": {"throughput_vs_raw_decrypt_prealloc >= 0.8": r / t >= 0.8,
+                 "rss_growth_vs_plaintext <= 1.1": growth <= 1.1},
         "note": "store files in page cache (just written); open = manifest + unwrap + "
                 "read + decrypt into SecureBuffers",
     }
     print(f"  open rows={n} dim={dim} ({plaintext / MiB:.1f} MiB plaintext, {entry['shards']} shards, "
           f"lock={lock}, {entry['mlocked_bytes_after_open'] / MiB:.1f} MiB mlocked): "
-          f"{t:.3f} s [{min(open_s):.3f}..{max(open_s):.3f}] vs raw decrypt {threads}T {r:.3f} s "
-          f"-> ratio {t / r:.2f}; peak RSS {peak / MiB:.0f} MiB = {peak / plaintext:.2f}x plaintext, "
-          f"growth {(peak - before) / MiB:.0f} MiB = {(peak - before) / plaintext:.2f}x")
+          f"{t:.3f} s [{min(open_s):.3f}..{max(open_s):.3f}] ({plaintext / t / 1e9:.2f} GB/s); "
+          f"{threads}T raw decrypt {r:.3f} s, into fresh SecureBuffers {f:.3f} s, pread {rd:.3f} s "
+          f"-> throughput x{r / t:.2f} of raw, x{f / t:.2f} of fresh, x{(rd + f) / t:.2f} of "
+          f"pread+fresh; peak RSS {peak / MiB:.0f} MiB = {peak / plaintext:.2f}x plaintext, "
+          f"growth {(peak - before) / MiB:.0f} MiB = {growth:.2f}x")
     return entry
 
 
@@ -922,6 +1167,8 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
         ax.plot(mib, [o["open"]["median_s"] for o in opens], marker="o", label="Collection.open")
         ax.plot(mib, [o["raw_decrypt"]["median_s"] for o in opens], marker="s",
                 label=f"raw AES-GCM decrypt ({opens[0]['threads']}T)")
+        ax.plot(mib, [o["raw_decrypt_fresh_securebuffer"]["median_s"] for o in opens], marker="^",
+                label=f"raw decrypt into fresh SecureBuffers ({opens[0]['threads']}T)")
         ax.set(xscale="log", yscale="log", xlabel="plaintext MiB", ylabel="seconds",
                title=f"open vs size (dim {opens[0]['dim']})")
         ax.grid(alpha=0.3)
@@ -948,6 +1195,14 @@ def headline(results: dict[str, Any]) -> str:
             for op in ("decrypt prealloc", "decrypt SecureBuffer", "encrypt prealloc"):
                 lines.append(f"| AES-256-GCM {op} ({size}) | {entry[op + ' 1T']['GB_per_s']:.2f} GB/s | "
                              f"{entry[op + ' 2T']['GB_per_s']:.2f} GB/s |")
+        storage = limits.get("storage") or {}
+        methods = storage.get("method", {})
+        if methods:
+            lines.append(f"| pread from page cache | {methods['pread page cache 1T']['GB_per_s']:.2f} GB/s | "
+                         f"{methods['pread page cache 2T']['GB_per_s']:.2f} GB/s |")
+            for name in (k for k in methods if k.startswith("write")):
+                lines.append(f"| durable write ({name}, {storage['bytes'] // MiB} MiB) | "
+                             f"{methods[name]['GB_per_s']:.2f} GB/s | - |")
         lines.append("")
     cases = (results.get("exact") or {}).get("cases", [])
     picked = [c for c in cases if c["k"] == 10 and c["metric"] == "ip" and c["batch"] in (1, 64)]
@@ -965,19 +1220,40 @@ def headline(results: dict[str, Any]) -> str:
     oi = results.get("open_ingest") or {}
     opens = [o for o in oi.get("open", []) if "open" in o]
     ingests = oi.get("ingest", [])
-    if opens or ingests:
-        lines += ["| rows x dim | open s | open / raw decrypt | peak RSS / plaintext (growth) | add s | add / raw encrypt 1T |",
-                  "|---|---|---|---|---|---|"]
-        by_rows = {i["rows"]: i for i in ingests}
-        for o in opens or [{"rows": i["rows"], "dim": i["dim"]} for i in ingests]:
-            i = by_rows.get(o["rows"], {})
+    if opens:
+        lines += ["| open | plaintext | s | GB/s | x raw decrypt | x raw decrypt, fresh SecureBuffers "
+                  "| x pread + fresh | RSS growth / plaintext (peak) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for o in opens:
             lines.append(
-                f"| {o['rows']:,} x {o['dim']} | "
-                + (f"{o['open']['median_s']:.3f} | {o['ratio_open_vs_raw_decrypt']:.2f} | "
-                   f"{o['ratio_peak_rss_vs_plaintext']:.2f} ({o['ratio_rss_growth_vs_plaintext']:.2f}) | "
-                   if "open" in o else "- | - | - | ")
-                + (f"{i['add']['median_s']:.3f} | {i['ratio_add_vs_encrypt_1T']:.2f} |" if i else "- | - |"))
-    return "\n".join(lines)
+                f"| {o['rows']:,} x {o['dim']}, {o['shards']} shards | {o['plaintext_bytes'] / MiB:.0f} MiB | "
+                f"{o['open']['median_s']:.3f} | {o['open_GB_per_s']:.2f} | "
+                f"{o['throughput_vs_raw_decrypt_prealloc']:.2f} | {o['throughput_vs_raw_decrypt_fresh']:.2f} | "
+                f"{o['throughput_vs_read_then_decrypt_fresh']:.2f} | "
+                f"{o['ratio_rss_growth_vs_plaintext']:.2f} ({o['ratio_peak_rss_vs_plaintext']:.2f}) |")
+        lines += ["", f"(x limit: limit time / open time on {opens[0]['threads']} threads; 1 = at the "
+                  "limit; goal >= 0.8 of raw decrypt, RSS growth <= 1.1)", ""]
+    if ingests:
+        threads = ingests[0]["threads"]
+        lines += [f"| ingest | vectors | s | GB/s | x raw encrypt 1T | x raw encrypt {threads}T "
+                  "| x durable write of the same bytes |",
+                  "|---|---|---|---|---|---|---|"]
+        for i in ingests:
+            lines.append(
+                f"| {i['rows']:,} x {i['dim']} | {i['vector_bytes'] / MiB:.0f} MiB | {i['add']['median_s']:.3f} | "
+                f"{i['add_GB_per_s']:.2f} | {i['throughput_vs_raw_encrypt_1T']:.2f} | "
+                f"{i[f'throughput_vs_raw_encrypt_{threads}T']:.2f} | {i['throughput_vs_storage_write']:.2f} |")
+        lines += ["", "(x limit: limit time / add time; goal >= 0.5 of raw encrypt)", ""]
+    for part, title, function in (
+        ("threads", "Thread scaling: speed-up over one thread, sealvec (faiss.knn)", "headline_scaling"),
+        ("bf16", "bfloat16 scan, exact float32 re-scoring", "headline_reduced"),
+        ("ann", "Approximate search (sealed FAISS indexes) against exact search", "headline_ann"),
+    ):
+        if results.get(part):
+            table = getattr(part_module(part), function)(results[part])
+            if table:
+                lines += [f"{title}:", "", table, ""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 # --------------------------------------------------------------------------- main
@@ -1022,8 +1298,15 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--shard-rows", type=int, default=65536, help="rows per add() call (one shard each)")
     g.add_argument("--open-repeats", type=int, help="default 5, --quick 3")
     g.add_argument("--ingest-repeats", type=int, help="default 3, --quick 2")
+    g.add_argument("--storage-mib", type=int, help="bytes per durable-write limit call "
+                   "(default 512, --quick 192)")
     g.add_argument("--tmp", default="/tmp", help="parent of the temporary store")
     g.add_argument("--blas-coretype", help="where OPENBLAS_CORETYPE is unset, the BLAS re-run sets it to this")
+    g = p.add_argument_group("thread scaling (part threads), bfloat16 scan (part bf16)")
+    g.add_argument("--scaling-repeats", type=int, help="default 7, --quick 3")
+    g.add_argument("--bf16-sizes", type=parse_ints, help="rows (default 100k,1M; --quick 50k)")
+    g.add_argument("--bf16-dims", type=parse_ints, help="default 384,768,1536 (--quick 384)")
+    part_module("ann").add_arguments(p)
     p.add_argument("--_child-open", dest="child_open", help=argparse.SUPPRESS)
     p.add_argument("--_child-lock", dest="child_lock", default="best_effort", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -1039,6 +1322,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "open_dim": 384 if quick else 768,
         "open_repeats": 3 if quick else 5,
         "ingest_repeats": 2 if quick else 3,
+        "storage_mib": 192 if quick else 512,
     }
     for key, value in defaults.items():
         if getattr(a, key) is None:
@@ -1068,7 +1352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import faiss  # noqa: F401
             import usearch.index  # noqa: F401
     except ImportError as error:
-        print(f"missing dependency: {error} (pip install faiss-cpu usearch threadpoolctl "
+        print(f"missing dependency: {error} (pip install 'sealvec[bench]', or faiss-cpu usearch threadpoolctl "
               "matplotlib; build sealvec or set PYTHONPATH=src)", file=sys.stderr)
         return 2
     out_dir = Path(args.out) if args.out else DEFAULT_RESULTS / time.strftime("%Y%m%d-%H%M%S")
@@ -1090,7 +1374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if "limits" in parts:
         print("\n## 1. machine limits")
-        results["limits"] = {"bandwidth": measure_bandwidth(args), "aes": measure_aes(args, core)}
+        results["limits"] = {"bandwidth": measure_bandwidth(args), "aes": measure_aes(args, core),
+                             "storage": measure_storage(args, core)}
         bw = results["limits"]["bandwidth"]
         for key, value in bw["method"].items():
             print(f"  read bandwidth {key:<26} {value['GB_per_s']:6.2f} GB/s "
@@ -1103,14 +1388,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"{entry['bytes_per_call'] / value['min_s'] / 1e9:.2f}]")
             print(f"  (SecureBuffers memory_lock={results['limits']['aes']['memory_lock']}, "
                   f"locked: {entry['securebuffers_locked_fraction']:.0%})")
+        storage = results["limits"]["storage"]
+        for name, value in storage["method"].items():
+            print(f"  storage {storage['bytes'] // MiB} MiB {name:<30} {value['GB_per_s']:6.2f} GB/s "
+                  f"[{storage['bytes'] / value['max_s'] / 1e9:.2f}.."
+                  f"{storage['bytes'] / value['min_s'] / 1e9:.2f}]")
         save()
     if "exact" in parts:
         print("\n## 2. exact search")
         results["exact"] = run_exact(args, core)
         save()
+    for part, title, runner in (("threads", "thread scaling", "run_scaling"),
+                                ("bf16", "bfloat16 scan with exact re-scoring", "run_reduced")):
+        if part in parts:
+            print(f"\n## {title}")
+            module = part_module(part)
+            results[part] = getattr(module, runner)(module.options(args))
+            save()
     if "open" in parts or "ingest" in parts:
         print("\n## 3-4. cold open and ingest")
         results["open_ingest"] = run_open_ingest(args, parts, core)
+        save()
+    if "ann" in parts:
+        print("\n## approximate search (sealed FAISS HNSW and IVF-Flat)")
+        ann = part_module("ann")
+        results["ann"] = ann.run_ann(ann.options(args))
         save()
     if "blas" in parts:
         print("\n## 5. BLAS environment")
@@ -1118,12 +1420,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         save()
     if not args.no_plots:
         results["plots"] = plot(results, out_dir)
+        if results.get("ann"):
+            results["plots"] += part_module("ann").plot_ann(results["ann"], out_dir)
     save()
     disagreements = (results.get("exact") or {}).get("disagreements", [])
     table = headline(results)
     if table:
         print("\n## headline\n\n" + table)
-    (out_dir / "headline.md").write_text(table + "\n")
+    (out_dir / "headline.md").write_text(table)
     print(f"\nresults: {out_dir / 'results.json'} ({results['elapsed_s']:.0f} s)")
     if disagreements:
         print(f"DISAGREEMENT in {len(disagreements)} contender-cases:", file=sys.stderr)
