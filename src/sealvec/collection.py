@@ -162,6 +162,14 @@ class _Change:
         if self.key is not None:
             self.key[2].close()
 
+    def release(self) -> None:
+        """Free a change's memory, keeping its stored objects (when it is not known
+        whether its manifest committed)."""
+        for shard in self.loaded.values():
+            shard.release()
+        if self.key is not None:
+            self.key[2].close()
+
 
 class _State:
     """An immutable snapshot: one manifest generation and its loaded shards."""
@@ -216,6 +224,13 @@ def _check_memory_lock(memory_lock: str) -> None:
     if memory_lock not in MEMORY_LOCK_CHOICES:
         raise ValidationError(
             f"memory_lock must be 'required' or 'best_effort', got {memory_lock!r}"
+        )
+
+
+def _check_threads(threads: int) -> None:
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= 4096:
+        raise ValidationError(
+            f"threads must be an int from 0 (one per core) to 4096, got {threads!r}"
         )
 
 
@@ -321,6 +336,7 @@ class Collection:
         if not isinstance(retain_generations, int) or retain_generations < 1:
             raise ValidationError("retain_generations must be a positive int")
         _check_memory_lock(memory_lock)
+        _check_threads(threads)
         storage = _as_storage(location)
         provider = key_provider or LocalKeyring()
         _check_keyring_outside(storage, provider)
@@ -388,6 +404,7 @@ class Collection:
         no such index they search exactly, with a warning.
         """
         _check_memory_lock(memory_lock)
+        _check_threads(threads)
         storage = _as_storage(location)
         provider = key_provider or LocalKeyring()
         _check_keyring_outside(storage, provider)
@@ -767,31 +784,69 @@ class Collection:
                     self._collection_key,
                 )
                 raw = seal_manifest(manifest, collection_key, key_id, wrapped)
+                name = manifest_name(manifest.generation)
                 try:
-                    self._storage.put(manifest_name(manifest.generation), [raw], create_only=True)
+                    self._storage.put(name, [raw], create_only=True)
                 except BaseException as error:
+                    landed = False if isinstance(error, ConflictError) else self._landed(name, raw)
+                    if landed is None:
+                        # Not known whether the generation committed: keep its objects (at
+                        # worst unreferenced files) rather than delete what it may name.
+                        change.release()
+                        raise
+                    if landed:
+                        # It committed before the failure (an interrupt, or a failed
+                        # directory sync after the manifest was in place): finish it, then
+                        # report the failure.
+                        self._finish_commit(manifest, change, key_id, wrapped, collection_key,
+                                            collectable)
+                        raise
                     change.abandon(self._storage)
                     if isinstance(error, ConflictError) and attempt < _COMMIT_ATTEMPTS - 1:
                         # Back off a random while so racing writers stop colliding.
                         time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
                         continue
                     raise
-                if change.key is not None:
-                    old_key = self._collection_key
-                    self._key_id, self._wrapped_collection_key = key_id, wrapped
-                    self._collection_key = collection_key
-                    if old_key is not collection_key:
-                        old_key.close()
-                self._install(self._build_state(manifest, change.loaded, change.ready_index))
-                self._collect_garbage(manifest, collectable, forget_history=change.forget_history)
-                logger.info(
-                    "committed generation %d (%d shards, %d live rows)",
-                    manifest.generation,
-                    len(manifest.shards),
-                    manifest.live_rows,
-                )
+                self._finish_commit(manifest, change, key_id, wrapped, collection_key,
+                                    collectable)
                 return manifest
         raise ConflictError("could not commit: other writers kept committing first")
+
+    def _landed(self, name: str, raw: bytes) -> bool | None:
+        """Whether storage holds exactly ``raw`` under ``name`` (None: cannot tell)."""
+        try:
+            if self._storage.size(name) != len(raw):
+                return False
+            return self._storage.get(name) == raw
+        except StorageError as error:
+            return False if isinstance(error.__cause__, FileNotFoundError) else None
+        except BaseException:  # noqa: BLE001 - an interrupt or I/O error: unknown
+            return None
+
+    def _finish_commit(
+        self,
+        manifest: Manifest,
+        change: _Change,
+        key_id: str,
+        wrapped: bytes,
+        collection_key: SecretKey,
+        collectable: set[str],
+    ) -> None:
+        """Adopt a committed generation: its key, its state, then garbage collection."""
+        if change.key is not None:
+            old_key = self._collection_key
+            self._key_id, self._wrapped_collection_key = key_id, wrapped
+            self._collection_key = collection_key
+            if old_key is not collection_key:
+                old_key.close()
+        self._install(self._build_state(manifest, change.loaded, change.ready_index))
+        logger.info(
+            "committed generation %d (%d shards, %d live rows)",
+            manifest.generation,
+            len(manifest.shards),
+            manifest.live_rows,
+        )
+        self._collect_garbage(manifest, collectable, forget_history=change.forget_history)
 
     def _next_manifest(self, current: Manifest, change: _Change) -> tuple[Manifest, set[str]]:
         """The next generation's manifest, and the object names it lets go of for good."""
@@ -900,6 +955,7 @@ class Collection:
                     payloads=payloads,
                     attributes=attributes,
                     vector_source=vector_source,
+                    metric=manifest.metric,
                     threads=self._threads,
                 )
                 wrapped = wrap_data_key(self._collection_key, data_key)

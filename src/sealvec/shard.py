@@ -34,7 +34,7 @@ import numpy as np
 
 from sealvec import _core
 from sealvec.attributes import gather_attributes, parse_attributes
-from sealvec.errors import IntegrityError, StorageError
+from sealvec.errors import IntegrityError, StorageError, ValidationError
 from sealvec.keys import SecretKey
 from sealvec.sealed import (
     DEFAULT_SEGMENT_SIZE,
@@ -55,6 +55,7 @@ from sealvec.sealed import (
     verify_commitment,
 )
 from sealvec.storage import Storage
+from sealvec.validation import vector_problem
 
 logger = logging.getLogger(__name__)
 
@@ -139,13 +140,16 @@ def write_shard(
     attributes: _core.SecureBuffer,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     vector_source: np.ndarray | None = None,
+    metric: str = "ip",
     threads: int = 0,
 ) -> WrittenShard:
     """Encrypt a shard from its sections in locked memory and store it durably.
 
     With ``vector_source`` (C-contiguous float32 rows), ``vectors`` starts empty and
     unsealed: each segment is copied in from the source just before it is sealed, and
-    the buffer is sealed read-only once the shard is stored. Segments are sealed on up
+    the buffer is sealed read-only once the shard is stored. The copy is checked again
+    (``validation.vector_problem`` under ``metric``) before the object is committed, so
+    a source changed by another thread after the caller checked it cannot store NaN. Segments are sealed on up
     to ``threads`` threads (default: one per core) a few ahead of the one being
     written, so encryption overlaps the writes.
     """
@@ -177,9 +181,20 @@ def write_shard(
     views = [memoryview(buffer) for _, buffer in sections]
     source = memoryview(vector_source).cast("B") if vector_source is not None else None
     segments = _SealedSegments(writer, threads or os.cpu_count() or 1)
+
+    def check_copied_vectors() -> None:
+        array = np.frombuffer(views[0], dtype=np.float32).reshape(rows, dimension)
+        problem = vector_problem(array, metric)
+        del array  # before the view can be released
+        if problem is not None:
+            raise ValidationError(f"{problem} (changed while it was being added)")
+
     try:
         for (section_id, _), view in zip(sections, views):
-            segments.add_section(section_id, view, source if section_id == SECTION_VECTORS else None)
+            if section_id == SECTION_VECTORS and source is not None:
+                segments.add_section(section_id, view, source, then=check_copied_vectors)
+            else:
+                segments.add_section(section_id, view, None)
         storage.put(
             shard_object_name(shard_id),
             itertools.chain([writer.header_bytes()], segments),
@@ -210,16 +225,31 @@ class _SealedSegments:
         self._writer = writer
         self._depth = threads + 1  # segments sealed or being sealed ahead of the writer
         self._jobs: list[tuple[int, int, memoryview, memoryview | None]] = []
+        # Called once the job at that position and every one before it are sealed.
+        self._then: dict[int, Callable[[], None]] = {}
         self._pending: collections.deque = collections.deque()
         self._ring: list[bytearray] = []
         self._submitted = 0
 
-    def add_section(self, section_id: int, plain: memoryview, source: memoryview | None) -> None:
+    def add_section(
+        self,
+        section_id: int,
+        plain: memoryview,
+        source: memoryview | None,
+        then: Callable[[], None] | None = None,
+    ) -> None:
         """Queue a section's segments; with ``source``, each segment's plaintext is
-        first copied from it into ``plain`` (at the same offsets)."""
+        first copied from it into ``plain`` (at the same offsets). ``then`` runs once
+        the whole section is sealed, before its last segment is handed on; an error
+        it raises stops the write."""
         entry = self._writer.section_entry(section_id)
         for index in range(entry.segment_count):
             self._jobs.append((section_id, index, plain, source))
+        if then is not None:
+            if entry.segment_count:
+                self._then[len(self._jobs) - 1] = then
+            else:
+                then()
 
     def __iter__(self) -> Iterator[memoryview]:
         largest = max(
@@ -230,9 +260,11 @@ class _SealedSegments:
         )
         while self._submitted < min(self._depth, len(self._jobs)):
             self._submit()
-        for _ in range(len(self._jobs)):
+        for position in range(len(self._jobs)):
             ring_index, future = self._pending.popleft()
             written = future.result()
+            if position in self._then:
+                self._then[position]()
             if self._submitted < len(self._jobs):
                 self._submit()  # reuses the buffer yielded before this one: written out
             with memoryview(self._ring[ring_index])[:written] as chunk:
@@ -713,6 +745,20 @@ def _shared_pool() -> ThreadPoolExecutor:
                 max_workers=os.cpu_count() or 1, thread_name_prefix="sealvec-crypt"
             )
         return _pool
+
+
+def _reset_after_fork() -> None:
+    """A forked child has none of the parent's pool threads (an inherited executor
+    would queue work that never runs), and a lock may have been held by a thread
+    that does not exist there: start over with a new pool on first use."""
+    global _pool, _pool_lock, _spare_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+    _spare_lock = threading.Lock()
+    _spare_segment_buffers.clear()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _run_in_parallel(tasks: Sequence[Callable[[], None]], threads: int) -> None:

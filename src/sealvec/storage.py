@@ -158,6 +158,7 @@ class LocalDirectory(Storage):
         except OSError as error:
             raise StorageError(f"cannot create {directory}: {error}") from None
         temp = directory / f"{_TEMP_PREFIX}{secrets.token_hex(8)}"
+        placed = False  # the object is visible under its name
         try:
             # Write and flush the whole object under a temporary name.
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -176,15 +177,22 @@ class LocalDirectory(Storage):
                         f"object {name} already exists in {self.root} "
                         "(another writer committed first)"
                     ) from None
+                placed = True
                 temp.unlink()
             else:
                 os.replace(temp, target)
+                placed = True
             _fsync_directory(directory)
         except (ConflictError, StorageError):
             temp.unlink(missing_ok=True)
             raise
         except OSError as error:
             temp.unlink(missing_ok=True)
+            if placed:
+                raise StorageError(
+                    f"{name} is in place in {self.root}, but syncing its directory failed "
+                    f"({error}); it may not survive a crash"
+                ) from None
             if error.errno == errno.ENOSPC:
                 raise StorageError(
                     f"disk full while writing {name} to {self.root}; nothing was committed"
@@ -243,13 +251,20 @@ class LocalDirectory(Storage):
                     "wait for it to finish"
                 ) from None
             # A previous holder that died left its pid here; the kernel already
-            # dropped its flock, so taking over is safe.
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+            # dropped its flock, so taking over is safe. The pid is only a hint for
+            # error messages: a full disk must not stop the writer here.
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+            except OSError:
+                pass
             try:
                 yield
             finally:
-                os.ftruncate(fd, 0)
+                try:
+                    os.ftruncate(fd, 0)
+                except OSError:
+                    pass
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
