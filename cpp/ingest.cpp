@@ -20,26 +20,46 @@ namespace sealvec {
 
 namespace {
 
-// Rows in [begin, end) of a row-major float32 matrix: the first holding NaN or infinity and
-// the first whose values are all zero (+0 or -0), each -1 if there is none.
-std::pair<std::int64_t, std::int64_t> scan_rows(const std::uint32_t* bits, std::size_t dim,
-                                                std::size_t begin, std::size_t end) {
-  std::int64_t nonfinite = -1, zero = -1;
+// Magnitude bounds for stored and query vectors. Below 2^54 per value, a row's squared
+// norm stays under 2^124 at the largest dimension (2^16), so no inner product, squared
+// distance or norm overflows float32 (whose largest value is just under 2^128). Under
+// cosine a row needs a value of at least 2^-60, so its squared norm (>= 2^-120) is a
+// normal float32 and the row has a direction.
+constexpr std::uint32_t kHugeExponent = 127 + 54;
+constexpr std::uint32_t kWeakExponent = 127 - 60;
+
+// First rows in [begin, end) of a row-major float32 matrix, each -1 if there is none.
+struct RowScan {
+  std::int64_t nonfinite = -1;  // holds NaN or infinity
+  std::int64_t huge = -1;       // holds a finite value of magnitude >= 2^54
+  std::int64_t weak = -1;       // every value below 2^-60 in magnitude (zeros included)
+};
+
+RowScan scan_rows(const std::uint32_t* bits, std::size_t dim, std::size_t begin,
+                  std::size_t end) {
+  RowScan found;
   for (std::size_t row = begin; row < end; ++row) {
     const std::uint32_t* values = bits + row * dim;
-    // An all-ones exponent (NaN or infinity) plus one carries into bit 31; no other
-    // exponent does. Plain and/add/or, so the loop vectorizes on any x86-64.
-    std::uint32_t carries = 0, magnitude = 0;
+    // Adding (256 - E) << 23 to a value's exponent bits carries into bit 31 exactly when
+    // its exponent is at least E; plain and/add/or, so the loop vectorizes on any x86-64.
+    std::uint32_t nonfinite = 0, huge = 0, strong = 0;
     for (std::size_t j = 0; j < dim; ++j) {
-      carries |= (values[j] & 0x7F800000u) + 0x00800000u;
-      magnitude |= values[j] & 0x7FFFFFFFu;
+      const std::uint32_t exponent = values[j] & 0x7F800000u;
+      nonfinite |= exponent + ((256u - 255u) << 23);
+      huge |= exponent + ((256u - kHugeExponent) << 23);
+      strong |= exponent + ((256u - kWeakExponent) << 23);
     }
-    if ((carries & 0x80000000u) && nonfinite < 0) nonfinite = static_cast<std::int64_t>(row);
-    if (magnitude == 0 && zero < 0) zero = static_cast<std::int64_t>(row);
-    if (nonfinite >= 0 && zero >= 0) break;
+    const auto index = static_cast<std::int64_t>(row);
+    if ((nonfinite & 0x80000000u) && found.nonfinite < 0) found.nonfinite = index;
+    if ((huge & 0x80000000u) && !(nonfinite & 0x80000000u) && found.huge < 0)
+      found.huge = index;
+    if (!(strong & 0x80000000u) && found.weak < 0) found.weak = index;
+    if (found.nonfinite >= 0 && found.huge >= 0 && found.weak >= 0) break;
   }
-  return {nonfinite, zero};
+  return found;
 }
+
+std::int64_t first_of(std::int64_t a, std::int64_t b) { return a >= 0 ? a : b; }
 
 constexpr std::size_t kParallelScanBytes = std::size_t{16} << 20;
 
@@ -53,7 +73,7 @@ void register_ingest(py::module_& module) {
         const std::size_t rows = static_cast<std::size_t>(vectors.shape(0));
         const std::size_t dim = static_cast<std::size_t>(vectors.shape(1));
         const auto* bits = reinterpret_cast<const std::uint32_t*>(vectors.data());
-        std::pair<std::int64_t, std::int64_t> first{-1, -1}, second{-1, -1};
+        RowScan first, second;
         {
           py::gil_scoped_release without_gil;
           // Large batches in two halves on two threads: the scan is bound by memory reads.
@@ -70,13 +90,14 @@ void register_ingest(py::module_& module) {
           first = scan_rows(bits, dim, 0, middle);
           if (helper.joinable()) helper.join();
         }
-        const std::int64_t nonfinite = first.first >= 0 ? first.first : second.first;
-        const std::int64_t zero = first.second >= 0 ? first.second : second.second;
-        return py::make_tuple(nonfinite, zero);
+        return py::make_tuple(first_of(first.nonfinite, second.nonfinite),
+                              first_of(first.huge, second.huge),
+                              first_of(first.weak, second.weak));
       },
       py::arg("vectors"),
-      "(first row holding NaN or infinity, first all-zero row) of a C-contiguous float32 "
-      "matrix, each -1 if there is none.");
+      "First rows of a C-contiguous float32 matrix (each -1 if none): (holding NaN or "
+      "infinity, holding a finite value of magnitude >= 2**54, with every value below "
+      "2**-60 in magnitude, zeros included).");
 
   module.def(
       "pack_strings",

@@ -55,11 +55,25 @@ def search(
     mask: Buffer | None = None,
     tiebreak: Buffer | None = None,
     threads: int = 0,
+    bf16_segments: Sequence[Buffer] | None = None,
+    sq_norms: Sequence[Buffer] | None = None,
+    candidates: int = 0,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """Exact top-k; returns (scores, rows) of shape (nq, min(k, allowed rows)), best first.
+    """Top-k; returns (scores, rows) of shape (nq, min(k, allowed rows)), best first.
 
-    Ties rank by smaller tiebreak value (int64 per row), then smaller global row index.
+    Exact, or with ``bf16_segments`` and ``sq_norms`` (see ``to_bfloat16``):
+    ``candidates`` rows per query found by a bfloat16 scan, then scored exactly in
+    float32. Ties rank by smaller tiebreak value (int64 per row), then smaller global
+    row index.
     """
+
+def to_bfloat16(rows: Buffer, dim: int, bf16_out: Buffer, sq_norms_out: Buffer) -> None:
+    """Write bfloat16 copies (round to nearest even) and squared norms of float32 rows."""
+
+def bf16_dot() -> str:
+    """What the bfloat16 scan runs on: 'avx512_bf16', or the active SIMD level."""
+
+def set_bf16_native_dot(allowed: bool) -> None: ...
 
 def simd_level() -> Literal["scalar", "avx2", "avx512"]: ...
 def supported_simd_levels() -> list[str]: ...
@@ -104,3 +118,18 @@ def filter_mask(
     Sections are validated in full and read in place. ValueError names a malformed section,
     a malformed program, or mismatched lengths.
     """
+
+def scan_rows(vectors: npt.NDArray[np.float32]) -> tuple[int, int, int]:
+    """First rows of a C-contiguous float32 matrix, each -1 if none: (holding NaN or
+    infinity, holding a finite value of magnitude >= 2**54, with every value below
+    2**-60 in magnitude, zeros included)."""
+
+def pack_strings(
+    values: Sequence[str | bytes], memory_lock: Literal["required", "best_effort"] = "required"
+) -> SecureBuffer:
+    """A sealed SecureBuffer of len(values) + 1 little-endian uint64 offsets, then the
+    values back to back (str as strict UTF-8, bytes as they are)."""
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> bool:
+    """Ask the kernel to start writing a written range of a file to storage (a hint;
+    durability still needs fsync). False where unsupported or refused."""

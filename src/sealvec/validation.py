@@ -50,15 +50,36 @@ def check_vectors(
         raise ValidationError(f"{name} must have shape {expected}, got {vectors.shape}")
     if not vectors.flags.c_contiguous or not vectors.dtype.isnative:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    # One native pass over the rows, without temporaries the size of the batch.
-    nonfinite_row, zero_row = _core.scan_rows(vectors)
-    if nonfinite_row >= 0:
-        raise ValidationError(f"{name} row {nonfinite_row} contains NaN or infinity")
-    if metric == "cosine" and zero_row >= 0:
-        raise ValidationError(
-            f"{name} row {zero_row} is all zeros, which has no direction under cosine"
-        )
+    problem = vector_problem(vectors, metric, name=name)
+    if problem is not None:
+        raise ValidationError(problem)
     return vectors
+
+
+def vector_problem(vectors: np.ndarray, metric: str, *, name: str = "vectors") -> str | None:
+    """What is wrong with the values of C-contiguous float32 rows, or None.
+
+    NaN and infinity are refused, and so are values of magnitude 2**54 (about 1.8e16)
+    and more, with which scores could overflow float32. Under cosine a row needs a
+    value of magnitude 2**-60 (about 8.7e-19) or more to have a direction. One native
+    pass over the rows, without temporaries the size of the batch.
+    """
+    nonfinite_row, huge_row, weak_row = _core.scan_rows(vectors)
+    if nonfinite_row >= 0:
+        return f"{name} row {nonfinite_row} contains NaN or infinity"
+    if huge_row >= 0:
+        return (
+            f"{name} row {huge_row} has a value of magnitude 2**54 (about 1.8e16) or more, "
+            "with which scores would overflow float32"
+        )
+    if metric == "cosine" and weak_row >= 0:
+        if not vectors[weak_row].any():
+            return f"{name} row {weak_row} is all zeros, which has no direction under cosine"
+        return (
+            f"{name} row {weak_row} is too close to zero (every value below 2**-60 in "
+            "magnitude) to have a direction under cosine"
+        )
+    return None
 
 
 def check_ids(ids: Any, *, name: str = "ids") -> list[str]:
