@@ -269,6 +269,59 @@ class Searcher {
     emit(query, candidates, scores, rows);
   }
 
+  // Scores given rows for one query exactly, as rerank does, and writes the best
+  // min(kept, distinct allowed rows) of them, best first; slots past those get row -1 and
+  // the worst score (-inf, or +inf for l2). Rows must be in range; negative rows, rows the
+  // mask excludes and repeats are passed over.
+  void rescore(std::size_t query, const std::int64_t* given, std::size_t count,
+               std::vector<Candidate>& candidates, float* scores, std::int64_t* rows) const {
+    candidates.clear();
+    for (std::size_t i = 0; i < count; ++i) {
+      const std::int64_t row = given[i];
+      if (row < 0) continue;
+      if (request_.mask != nullptr && request_.mask[row] == 0) continue;
+      const std::int64_t tie = request_.tiebreak != nullptr
+                                   ? load_int64(request_.tiebreak, static_cast<std::size_t>(row))
+                                   : row;
+      candidates.push_back(Candidate{0.0f, tie, row});
+    }
+    std::sort(candidates.begin(), candidates.end(),
+              [](const Candidate& a, const Candidate& b) { return a.row < b.row; });
+    candidates.erase(std::unique(candidates.begin(), candidates.end(),
+                                 [](const Candidate& a, const Candidate& b) {
+                                   return a.row == b.row;
+                                 }),
+                     candidates.end());
+    const std::size_t found = candidates.size();
+    if (found >= kept_) {
+      rerank(query, candidates, scores, rows);
+      return;
+    }
+    // Fewer than kept: score them all, then pad.
+    std::vector<Candidate> padded = candidates;
+    for (Candidate& candidate : padded) {
+      const std::size_t row = static_cast<std::size_t>(candidate.row);
+      const std::size_t s = static_cast<std::size_t>(
+          std::upper_bound(segment_starts_.begin(), segment_starts_.end() - 1, row) -
+          segment_starts_.begin() - 1);
+      const float* data = request_.segments[s].rows + (row - segment_starts_[s]) * request_.dim;
+      float raw = 0.0f, row_sq_norm = 0.0f;
+      kernel_(request_.metric, data, 1, request_.queries + query * request_.dim, 1, request_.dim,
+              &raw, &row_sq_norm);
+      const float row_norm = request_.metric == Metric::Cosine ? std::sqrt(row_sq_norm) : 0.0f;
+      const float query_norm = request_.metric == Metric::Cosine ? query_norms_[query] : 0.0f;
+      candidate.key = oriented_key(request_.metric, score_of(raw, row_norm, query_norm));
+    }
+    std::sort(padded.begin(), padded.end(), ranks_before);
+    const float worst = request_.metric == Metric::L2 ? std::numeric_limits<float>::infinity()
+                                                      : -std::numeric_limits<float>::infinity();
+    for (std::size_t i = 0; i < kept_; ++i) {
+      scores[query * kept_ + i] =
+          i < found ? score_from_key(request_.metric, padded[i].key) : worst;
+      rows[query * kept_ + i] = i < found ? padded[i].row : -1;
+    }
+  }
+
   bool approximate() const { return approximate_; }
   std::size_t capacity() const { return capacity_; }
 
@@ -588,6 +641,16 @@ std::size_t allowed_rows(const SearchRequest& request) {
   std::size_t allowed = 0;
   for (std::size_t i = 0; i < rows; ++i) allowed += request.mask[i] != 0;
   return allowed;
+}
+
+void rescore_rows(const SearchRequest& request, std::size_t kept, const std::int64_t* given,
+                  std::size_t per_query, float* scores, std::int64_t* rows) {
+  if (kept == 0 || request.query_count == 0) return;
+  Searcher searcher(request, kept, kept);
+  std::vector<Candidate> candidates;
+  candidates.reserve(per_query);
+  for (std::size_t q = 0; q < request.query_count; ++q)
+    searcher.rescore(q, given + q * per_query, per_query, candidates, scores, rows);
 }
 
 void run_search(const SearchRequest& request, std::size_t kept, float* scores,

@@ -60,6 +60,13 @@ std::size_t allowed_rows(const SearchRequest& request);
 void run_search(const SearchRequest& request, std::size_t kept, float* scores,
                 std::int64_t* rows);
 
+// Scores the rows given for each query (per_query int64 each, query-major; -1 and rows the
+// mask excludes are passed over, repeats count once) exactly, as run_search would, and
+// fills scores/rows like it, best first; slots past the distinct allowed rows given get row
+// -1 and the worst score (-inf, +inf for l2). Every given row must be < total_rows.
+void rescore_rows(const SearchRequest& request, std::size_t kept, const std::int64_t* given,
+                  std::size_t per_query, float* scores, std::int64_t* rows);
+
 // bfloat16 (round to nearest even) copies of `count` float32 values, and for each of `rows`
 // rows of `dim` values its squared norm (accumulated in double, rounded to float).
 void convert_to_bf16(const float* values, std::size_t rows, std::size_t dim,

@@ -54,7 +54,7 @@ py::tuple search(const py::sequence& segments, std::int64_t dim, const py::objec
                  std::int64_t k, const std::string& metric, const py::object& mask,
                  const py::object& tiebreak, std::int64_t threads,
                  const py::object& bf16_segments, const py::object& sq_norms,
-                 std::int64_t candidates) {
+                 std::int64_t candidates, const py::object& candidate_rows) {
   // Scalar arguments first.
   if (dim <= 0 || dim > kMaxDim)
     throw py::value_error("dim must be between 1 and 2**20, got " + std::to_string(dim));
@@ -137,6 +137,27 @@ py::tuple search(const py::sequence& segments, std::int64_t dim, const py::objec
     request.tiebreak = tiebreak_view.data();
   }
 
+  // Rows to score exactly instead of a scan: int64 (nq, per_query), -1 for none.
+  py::array_t<std::int64_t> given;
+  const bool rescoring = !candidate_rows.is_none();
+  if (rescoring) {
+    if (request.precision != Precision::Float32)
+      throw py::value_error("candidate_rows does not go with bf16_segments");
+    if (!py::isinstance<py::array>(candidate_rows) ||
+        !py::reinterpret_borrow<py::array>(candidate_rows).dtype().equal(
+            py::dtype::of<std::int64_t>()))
+      throw py::value_error("candidate_rows must be a numpy int64 array (nq, n)");
+    given = py::reinterpret_borrow<py::array_t<std::int64_t>>(candidate_rows);
+    if (given.ndim() != 2 || static_cast<std::size_t>(given.shape(0)) != request.query_count ||
+        !(given.flags() & py::array::c_style))
+      throw py::value_error("candidate_rows must be C-contiguous with one row per query");
+    const std::int64_t* values = given.data();
+    for (py::ssize_t i = 0; i < given.size(); ++i)
+      if (values[i] >= static_cast<std::int64_t>(rows))
+        throw py::value_error("candidate_rows holds row " + std::to_string(values[i]) +
+                              ", past the " + std::to_string(rows) + " rows");
+  }
+
   // Output arrays are allocated with the GIL, filled without it.
   const std::size_t kept = std::min(request.k, allowed_rows(request));
   const auto result_shape =
@@ -148,7 +169,11 @@ py::tuple search(const py::sequence& segments, std::int64_t dim, const py::objec
   std::int64_t* rows_data = result_rows.mutable_data();
   {
     py::gil_scoped_release without_gil;
-    run_search(request, kept, scores_data, rows_data);
+    if (rescoring)
+      rescore_rows(request, kept, given.data(), static_cast<std::size_t>(given.shape(1)),
+                   scores_data, rows_data);
+    else
+      run_search(request, kept, scores_data, rows_data);
   }
   return py::make_tuple(scores, result_rows);
 }
@@ -182,10 +207,12 @@ void register_search(py::module_& module) {
              py::arg("k"), py::arg("metric"), py::arg("mask") = py::none(),
              py::arg("tiebreak") = py::none(), py::arg("threads") = 0,
              py::arg("bf16_segments") = py::none(), py::arg("sq_norms") = py::none(),
-             py::arg("candidates") = 0,
+             py::arg("candidates") = 0, py::arg("candidate_rows") = py::none(),
              "Top-k over float32 row segments; returns (scores, rows), best first. Exact,\n"
              "or with bf16_segments and sq_norms (see to_bfloat16): `candidates` per query\n"
-             "found by a bfloat16 scan, then scored exactly in float32.");
+             "found by a bfloat16 scan, then scored exactly in float32; or with\n"
+             "candidate_rows (int64, one row per query, -1 for none): only those rows,\n"
+             "scored exactly, padded with row -1 and the worst score where too few.");
   module.def(
       "to_bfloat16",
       [](const py::object& rows, std::int64_t dim, const py::object& bf16_out,

@@ -322,3 +322,49 @@ def test_bad_parameters_are_named(store):
             collection.search(vectors[0], k=1, nprobe=3)
         with pytest.raises(ValidationError, match="ef_search must be between"):
             collection.search(vectors[0], k=1, ef_search=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_scores_are_exact_and_ties_ordered_across_indexed_and_later_rows(store, kind, metric):
+    """Rows the index covers are scored by the native kernel, as rows added after the
+    build are: equal vectors score the same and go by id, whichever part found them."""
+    rng = np.random.default_rng(11)
+    v = rng.standard_normal(16).astype(np.float32)
+    with Collection.create(store, dimension=16, metric=metric) as collection:
+        collection.add([f"r{i:04d}" for i in range(300)], random_vectors(300, 16, seed=12))
+        collection.add([f"d{i:03d}" for i in range(0, 40, 2)], np.repeat(v[None], 20, 0))
+        collection.build_index(kind, **({"nlist": 4, "nprobe": 4} if kind == "ivf" else {}))
+        collection.add([f"d{i:03d}" for i in range(1, 40, 2)], np.repeat(v[None], 20, 0))
+    queries = np.stack([v, *random_vectors(5, 16, seed=13)])
+    with Collection.open(store) as exact, Collection.open(store, search_backend=kind) as ann:
+        want = exact.search(queries, k=20)
+        got = ann.search(queries, k=20)
+        assert got.ids[0] == [f"d{i:03d}" for i in range(20)] == want.ids[0]
+        assert got.scores[0].tolist() == want.scores[0].tolist()
+        for query, hits in zip(queries, got):  # every score is the exact one, bit for bit
+            rescored = {h.id: h.score for h in exact.search(query, k=340)[0]}
+            assert [h.score for h in hits] == [rescored[h.id] for h in hits]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_narrow_filter_with_later_rows_falls_back_to_exact(store, kind):
+    """The index finds fewer allowed rows than asked (a narrow filter, a weak index):
+    the query is answered exactly, even though rows added after the build could fill
+    the slots."""
+    vectors = random_vectors(3000, 16, seed=14)
+    tags = [{"tag": "rare" if i % 300 == 0 else "common"} for i in range(3000)]
+    ids = [f"c{i:05d}" for i in range(3000)]
+    far = random_vectors(50, 16, seed=15) + 40.0
+    with Collection.create(store, dimension=16, metric="l2") as collection:
+        collection.add(ids, vectors, metadata=tags)
+        collection.build_index(
+            kind, **({"m": 4, "ef_search": 1} if kind == "hnsw" else {"nlist": 32, "nprobe": 1})
+        )
+        collection.add([f"n{i:05d}" for i in range(50)], far, metadata=[{"tag": "rare"}] * 50)
+    queries = vectors[::300][:10] + 0.01
+    with Collection.open(store) as exact, Collection.open(store, search_backend=kind) as ann:
+        want = exact.search(queries, k=10, where={"tag": "rare"})
+        got = ann.search(queries, k=10, where={"tag": "rare"})
+        assert got.ids == want.ids
+        np.testing.assert_array_equal(got.scores, want.scores)

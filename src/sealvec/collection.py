@@ -1430,8 +1430,7 @@ class Collection:
                     "candidates applies to the bf16 search backend; this collection "
                     f"searches with {self._search_backend!r}"
                 )
-            if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-                raise ValidationError(f"candidates must be a positive int, got {candidates!r}")
+            candidates = check_k(candidates, name="candidates")
         program = compile_where(where) if where is not None else None
         with self._snapshot() as state:
             manifest = state.manifest
@@ -1519,20 +1518,33 @@ class Collection:
         kept = min(k, int(np.count_nonzero(mask)))
         parts: list[tuple[np.ndarray, np.ndarray]] = []
 
-        # Rows the index covers: FAISS with a bitmap of the allowed labels.
+        # Rows the index covers: FAISS with a bitmap of the allowed labels finds them;
+        # the native kernel scores them exactly (FAISS's own distances differ in the last
+        # bits), ordered as an exact search orders them.
         label_mask = mask[state.ann_rows]
         covered = int(np.count_nonzero(label_mask))
+        short = np.zeros(len(queries), dtype=bool)
         if covered:
             bitmap = None
             if covered < len(label_mask):
                 bitmap = np.packbits(label_mask, bitorder="little")
-            distances, labels = self._index_search(
-                state.ann, queries, min(k, covered), bitmap, metric, overrides
+            wanted = min(k, covered)
+            _, labels = self._index_search(state.ann, queries, wanted, bitmap, metric, overrides)
+            found = np.ascontiguousarray(
+                np.where(labels >= 0, state.ann_rows[np.maximum(labels, 0)], -1), dtype=np.int64
             )
-            rows = np.where(labels >= 0, state.ann_rows[np.maximum(labels, 0)], -1)
-            if metric == "l2":
-                distances = np.sqrt(np.maximum(distances, 0.0))
-            parts.append((distances, rows))
+            short |= (found < 0).any(axis=1)  # the index came short of min(k, covered)
+            scores, rows = _core.search(
+                [s.vectors for s in state.shards],
+                manifest.dimension,
+                queries,
+                wanted,
+                metric,
+                mask=mask,
+                tiebreak=state.ranks,
+                candidate_rows=found,
+            )
+            parts.append((scores, rows))
 
         # Shards added since the build: the native kernel, exactly.
         if state.uncovered:
@@ -1563,7 +1575,7 @@ class Collection:
         rows = np.take_along_axis(rows, order, axis=1)
 
         # The count contract: fall back to an exact search where the index came short.
-        short = np.flatnonzero((rows < 0).any(axis=1))
+        short = np.flatnonzero(short | (rows < 0).any(axis=1))
         if len(short):
             logger.info("%d queries answered exactly: the index found too few rows", len(short))
             exact_scores, exact_rows = _core.search(
