@@ -1327,6 +1327,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(a, key) is None:
             setattr(a, key, value)
+    if not a.parts:
+        p.error(f"--parts names none; choose from {','.join(PARTS)}")
     unknown = set(a.parts) - set(PARTS)
     if unknown:
         p.error(f"unknown parts {sorted(unknown)}; choose from {','.join(PARTS)}")

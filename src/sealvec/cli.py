@@ -404,7 +404,7 @@ def _query_vector(
 @store_argument
 @click.argument("text", required=False)
 @click.option("--vector", "vector_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("-k", "k", type=click.IntRange(1, 2**40), default=5, show_default=True)
 @click.option("-d", "--documents", is_flag=True, help="Show each hit's document.")
 @click.option("--where", "where_json", help='Metadata filter as JSON, e.g. \'{"module": "csv"}\'.')
 @click.option(
@@ -423,7 +423,7 @@ def _query_vector(
 @click.option("--ef-search", type=click.IntRange(min=1), help="hnsw: candidates kept per query.")
 @click.option("--nprobe", type=click.IntRange(min=1), help="ivf: lists scanned per query.")
 @click.option(
-    "--candidates", type=click.IntRange(min=1), help="bf16: rows per query scored exactly."
+    "--candidates", type=click.IntRange(1, 2**40), help="bf16: rows per query scored exactly."
 )
 @json_option
 @click.pass_obj

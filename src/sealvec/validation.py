@@ -194,9 +194,13 @@ def check_metadata(metadata: Any, count: int) -> list[dict[str, Any]]:
     return checked
 
 
-def check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValidationError(f"k must be a positive int, got {k!r}")
+MAX_K = 2**40  # results per query; far beyond any collection's rows
+
+
+def check_k(k: Any, *, name: str = "k") -> int:
+    """A positive int (numpy ints too) up to MAX_K."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise ValidationError(f"{name} must be an int from 1 to 2**40, got {k!r}")
     return int(k)
 
 
