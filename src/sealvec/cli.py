@@ -699,7 +699,7 @@ def index(
     )
     other = (nlist, nprobe, train_rows) if kind == "hnsw" else (m, ef_construction, ef_search)
     if any(value is not None for value in other):
-        raise ValidationError(f"those options do not apply to a {kind} index")
+        raise ValidationError(f"those options do not apply to the {kind} index")
     with settings.open(store) as collection:
         report = collection.build_index(kind, **{k: v for k, v in params.items() if v is not None})
     _report(
@@ -831,6 +831,7 @@ def bench(suite_args) -> None:
     spec = importlib.util.spec_from_file_location("benchmarks.suite", suite)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    sys.argv[0] = "sealvec bench"  # the usage line argparse prints
     sys.exit(module.main(list(suite_args)))
 
 
