@@ -245,8 +245,8 @@ class Searcher {
     }
   }
 
-  // Scores a bfloat16 scan's candidates for one query exactly (the float32 kernel on each
-  // candidate row: the value an exact search gives the pair) and writes the best, best first.
+  // Scores candidates for one query exactly (the float32 kernel on each candidate row: the
+  // value an exact search gives the pair) and writes the best, best first (see emit).
   void rerank(std::size_t query, std::vector<Candidate>& candidates, float* scores,
               std::int64_t* rows) const {
     for (Candidate& candidate : candidates) {
@@ -269,10 +269,8 @@ class Searcher {
     emit(query, candidates, scores, rows);
   }
 
-  // Scores given rows for one query exactly, as rerank does, and writes the best
-  // min(kept, distinct allowed rows) of them, best first; slots past those get row -1 and
-  // the worst score (-inf, or +inf for l2). Rows must be in range; negative rows, rows the
-  // mask excludes and repeats are passed over.
+  // Scores given rows for one query exactly, as rerank does; negative rows, rows the mask
+  // excludes and repeats are passed over. Rows must be in range.
   void rescore(std::size_t query, const std::int64_t* given, std::size_t count,
                std::vector<Candidate>& candidates, float* scores, std::int64_t* rows) const {
     candidates.clear();
@@ -292,46 +290,24 @@ class Searcher {
                                    return a.row == b.row;
                                  }),
                      candidates.end());
-    const std::size_t found = candidates.size();
-    if (found >= kept_) {
-      rerank(query, candidates, scores, rows);
-      return;
-    }
-    // Fewer than kept: score them all, then pad.
-    std::vector<Candidate> padded = candidates;
-    for (Candidate& candidate : padded) {
-      const std::size_t row = static_cast<std::size_t>(candidate.row);
-      const std::size_t s = static_cast<std::size_t>(
-          std::upper_bound(segment_starts_.begin(), segment_starts_.end() - 1, row) -
-          segment_starts_.begin() - 1);
-      const float* data = request_.segments[s].rows + (row - segment_starts_[s]) * request_.dim;
-      float raw = 0.0f, row_sq_norm = 0.0f;
-      kernel_(request_.metric, data, 1, request_.queries + query * request_.dim, 1, request_.dim,
-              &raw, &row_sq_norm);
-      const float row_norm = request_.metric == Metric::Cosine ? std::sqrt(row_sq_norm) : 0.0f;
-      const float query_norm = request_.metric == Metric::Cosine ? query_norms_[query] : 0.0f;
-      candidate.key = oriented_key(request_.metric, score_of(raw, row_norm, query_norm));
-    }
-    std::sort(padded.begin(), padded.end(), ranks_before);
-    const float worst = request_.metric == Metric::L2 ? std::numeric_limits<float>::infinity()
-                                                      : -std::numeric_limits<float>::infinity();
-    for (std::size_t i = 0; i < kept_; ++i) {
-      scores[query * kept_ + i] =
-          i < found ? score_from_key(request_.metric, padded[i].key) : worst;
-      rows[query * kept_ + i] = i < found ? padded[i].row : -1;
-    }
+    rerank(query, candidates, scores, rows);
   }
 
   bool approximate() const { return approximate_; }
   std::size_t capacity() const { return capacity_; }
 
-  // Writes one query's kept candidates, best first.
+  // Writes one query's kept candidates, best first. Slots past the candidates (only when
+  // rescoring given rows, which may be fewer than kept) get row -1 and the worst score:
+  // -inf, or +inf for l2.
   void emit(std::size_t query, std::vector<Candidate>& candidates, float* scores,
             std::int64_t* rows) const {
     std::sort(candidates.begin(), candidates.end(), ranks_before);
+    const float worst = request_.metric == Metric::L2 ? std::numeric_limits<float>::infinity()
+                                                      : -std::numeric_limits<float>::infinity();
     for (std::size_t i = 0; i < kept_; ++i) {
-      scores[query * kept_ + i] = score_from_key(request_.metric, candidates[i].key);
-      rows[query * kept_ + i] = candidates[i].row;
+      const bool found = i < candidates.size();
+      scores[query * kept_ + i] = found ? score_from_key(request_.metric, candidates[i].key) : worst;
+      rows[query * kept_ + i] = found ? candidates[i].row : -1;
     }
   }
 
