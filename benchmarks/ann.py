@@ -22,12 +22,10 @@ objects included), as an application would call it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +39,13 @@ KNOBS = {"hnsw": ("ef_search", (16, 32, 64, 128, 256)), "ivf": ("nprobe", (1, 2,
 SEED = 20240601
 
 
-def _timing_helpers():
+def _suite():
+    """benchmarks.suite (alternate, stats, run_standalone), importable from a checkout."""
     if str(HERE.parent) not in sys.path:
         sys.path.insert(0, str(HERE.parent))
-    from benchmarks.suite import alternate, stats
+    import benchmarks.suite
 
-    return alternate, stats
+    return benchmarks.suite
 
 
 def datasets(args: argparse.Namespace) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
@@ -81,7 +80,8 @@ def recall(got: list[list[str]], want: list[list[str]]) -> float:
 def run_ann(args: argparse.Namespace) -> dict[str, Any]:
     import sealvec
 
-    alternate, stats = _timing_helpers()
+    suite = _suite()
+    alternate, stats = suite.alternate, suite.stats
     results: dict[str, Any] = {"cases": [], "builds": []}
     root = Path(tempfile.mkdtemp(prefix="sealvec-ann-", dir=args.tmp))
     saved = {k: os.environ.get(k) for k in ("SEALVEC_KEYRING", "SEALVEC_STATE_DIR")}
@@ -270,16 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-corpus", dest="corpus", action="store_false")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    out_dir = Path(args.out) if args.out else HERE / "results" / time.strftime("ann-%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = run_ann(options(args))
-    results["plots"] = plot_ann(results, out_dir)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    table = headline_ann(results)
-    (out_dir / "headline.md").write_text(table + "\n")
-    print("\n" + table + f"\n\nresults: {out_dir / 'results.json'}")
-    return 0
-
+    return _suite().run_standalone(
+        "ann", args.out, lambda: run_ann(options(args)), headline_ann, plot_ann
+    )
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,10 +15,8 @@ and the time ratios. The real corpus (3390 x 384, cosine) runs too.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +29,22 @@ CORPUS = HERE.parent / "data" / "corpus" / "stdlib-docs.minilm.npy"
 SEED = 20240601
 
 
+
+def _suite():
+    """benchmarks.suite (alternate, stats, run_standalone), importable from a checkout."""
+    if str(HERE.parent) not in sys.path:
+        sys.path.insert(0, str(HERE.parent))
+    import benchmarks.suite
+
+    return benchmarks.suite
+
 def run_reduced(args: argparse.Namespace) -> dict[str, Any]:
     import faiss
 
     from sealvec import _core
 
-    if str(HERE.parent) not in sys.path:
-        sys.path.insert(0, str(HERE.parent))
-    from benchmarks.suite import alternate, stats
+    suite = _suite()
+    alternate, stats = suite.alternate, suite.stats
 
     rng = np.random.default_rng(SEED)
     results: dict[str, Any] = {"bf16_dot": _core.bf16_dot(), "cases": []}
@@ -141,15 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bf16-sizes", type=lambda t: tuple(int(float(v)) for v in t.split(",")))
     parser.add_argument("--bf16-dims", type=lambda t: tuple(int(v) for v in t.split(",")))
     args = parser.parse_args(argv)
-    out_dir = Path(args.out) if args.out else HERE / "results" / time.strftime("bf16-%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = run_reduced(options(args))
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    table = headline_reduced(results)
-    (out_dir / "headline.md").write_text(table + "\n")
-    print("\n" + table + f"\n\nresults: {out_dir / 'results.json'}")
-    return 0
-
+    return _suite().run_standalone(
+        "bf16", args.out, lambda: run_reduced(options(args)), headline_reduced
+    )
 
 if __name__ == "__main__":
     sys.exit(main())

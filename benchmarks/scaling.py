@@ -15,10 +15,8 @@ thread).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,15 @@ import numpy as np  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SEED = 20240601
 
+
+
+def _suite():
+    """benchmarks.suite (alternate, stats, run_standalone), importable from a checkout."""
+    if str(HERE.parent) not in sys.path:
+        sys.path.insert(0, str(HERE.parent))
+    import benchmarks.suite
+
+    return benchmarks.suite
 
 def thread_counts(cores: int) -> list[int]:
     counts, n = [], 1
@@ -43,9 +50,8 @@ def run_scaling(args: argparse.Namespace) -> dict[str, Any]:
 
     from sealvec import _core
 
-    if str(HERE.parent) not in sys.path:
-        sys.path.insert(0, str(HERE.parent))
-    from benchmarks.suite import alternate, stats
+    suite = _suite()
+    alternate, stats = suite.alternate, suite.stats
 
     cores = os.cpu_count() or 1
     counts = thread_counts(cores)
@@ -135,15 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="results folder (default benchmarks/results/threads-<timestamp>)")
     parser.add_argument("--scaling-repeats", type=int)
     args = parser.parse_args(argv)
-    out_dir = Path(args.out) if args.out else HERE / "results" / time.strftime("threads-%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = run_scaling(options(args))
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    table = headline_scaling(results)
-    (out_dir / "headline.md").write_text(table + "\n")
-    print("\n" + table + f"\n\nresults: {out_dir / 'results.json'}")
-    return 0
-
+    return _suite().run_standalone(
+        "threads", args.out, lambda: run_scaling(options(args)), headline_scaling
+    )
 
 if __name__ == "__main__":
     sys.exit(main())

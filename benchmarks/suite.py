@@ -352,6 +352,36 @@ def measure_aes(args: argparse.Namespace, core: Any) -> dict[str, Any]:
     return results
 
 
+def run_standalone(
+    prefix: str,
+    out: str | None,
+    run: Callable[[], dict[str, Any]],
+    headline: Callable[[dict[str, Any]], str],
+    plot: Callable[[dict[str, Any], Path], list[str]] | None = None,
+) -> int:
+    """One part as its own script: run it, then write results.json, headline.md (and
+    plots) to `out` (default benchmarks/results/<prefix>-<timestamp>) and print the table."""
+    out_dir = Path(out) if out else DEFAULT_RESULTS / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = run()
+    if plot is not None:
+        results["plots"] = plot(results, out_dir)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    table = headline(results)
+    (out_dir / "headline.md").write_text(table + "\n")
+    print("\n" + table + f"\n\nresults: {out_dir / 'results.json'}")
+    return 0
+
+
+def run_workers(work: Callable[[int], None], threads: int) -> None:
+    """work(0), ..., work(threads - 1), on that many threads (this one alone for 1)."""
+    if threads == 1:
+        work(0)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(work, range(threads)))
+
+
 WRITEBACK_BYTES = 8 * MiB  # as sealvec's LocalDirectory asks for writeback
 
 
@@ -400,11 +430,7 @@ def read_files(files: Sequence[tuple[Path, int]], threads: int, scratch: list[by
             os.preadv(fd, [view[:length]], offset)
 
     try:
-        if threads == 1:
-            work(0)
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(work, range(threads)))
+        run_workers(work, threads)
     finally:
         for fd in fds:
             os.close(fd)
@@ -733,11 +759,7 @@ def raw_aes(key: bytes, messages: list, outs: list, nbytes: int, threads: int, d
             c.update_into(ct, outs[i])
             c.finalize()
 
-    if threads == 1:
-        work(0)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(work, range(threads)))
+    run_workers(work, threads)
 
 
 def raw_aes_fresh(core: Any, key: bytes, messages: list, nbytes: int, threads: int,
@@ -767,11 +789,7 @@ def raw_aes_fresh(core: Any, key: bytes, messages: list, nbytes: int, threads: i
                 c.finalize()
 
     try:
-        if threads == 1:
-            work(0)
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(work, range(threads)))
+        run_workers(work, threads)
     finally:
         for view in views:
             view.release()
