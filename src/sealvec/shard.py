@@ -149,9 +149,9 @@ def write_shard(
     unsealed: each segment is copied in from the source just before it is sealed, and
     the buffer is sealed read-only once the shard is stored. The copy is checked again
     (``validation.vector_problem`` under ``metric``) before the object is committed, so
-    a source changed by another thread after the caller checked it cannot store NaN. Segments are sealed on up
-    to ``threads`` threads (default: one per core) a few ahead of the one being
-    written, so encryption overlaps the writes.
+    a source changed by another thread after the caller checked it cannot store NaN.
+    Segments are sealed on up to ``threads`` threads (default: one per core) a few
+    ahead of the one being written, so encryption overlaps the writes.
     """
     if vectors.nbytes != 4 * rows * dimension:
         raise ValueError("vectors section does not hold rows x dimension float32")
