@@ -1001,9 +1001,9 @@ class Collection:
             rows = state.lookup(ids)
             if (rows >= 0).any():
                 existing = int((rows >= 0).sum())
-                first = ids[int(np.argmax(rows >= 0))]
+                first = int(np.argmax(rows >= 0))  # a position: ids are not put in messages
                 raise ValidationError(
-                    f"{existing} of the ids already exist (first: {first!r}); "
+                    f"{existing} of the ids already exist (first: ids[{first}]); "
                     "use upsert to replace them. Nothing was added"
                 )
             entry, loaded = self._write_new_shard(state, ids, vectors, documents, metadata)
